@@ -1,0 +1,89 @@
+"""Every torch version check and private ``torch._inductor`` import the package makes, each with its reason.
+
+Inductor's extension points are private and move between minor releases; keeping them here means a new
+torch release is one file to audit.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+
+import torch
+
+log = logging.getLogger("inductor_quant")
+
+# The range the package is tested against; pyproject.toml declares the same range.
+SUPPORTED_TORCH = ((2, 15), (2, 16))  # [min, max)
+
+
+def _torch_minor() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+@functools.cache
+def torch_supported() -> bool:
+    """True for a torch inside SUPPORTED_TORCH; otherwise warns once and returns False."""
+    low, high = SUPPORTED_TORCH
+    ok = low <= _torch_minor() < high
+    if not ok:
+        warnings.warn(
+            f"inductor_quant supports torch >={low[0]}.{low[1]},<{high[0]}.{high[1]}; found torch "
+            f"{torch.__version__}. backend='quant_inductor' falls back to stock Inductor.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return ok
+
+
+# --- Inductor internals ------------------------------------------------------------------------------
+# Imported lazily (inside functions) by the modules that need them, so `import inductor_quant` stays cheap
+# and never touches Inductor state. Each name below is private API used for one stated reason.
+
+
+def inductor_internals():
+    """The private Inductor modules the lowerings and templates build on (torch 2.15 layout)."""
+    from torch._inductor import config as inductor_config  # config.patch scopes our switches
+    from torch._inductor import ir  # template buffers and layouts
+    from torch._inductor import lowering  # register_lowering, expand, view, permute
+    from torch._inductor.codegen.cpp_gemm_template import CppGemmTemplate  # stock CPP GEMM (prefill)
+    from torch._inductor.codegen.cpp_template import CppTemplate  # base of our GEMV template
+    from torch._inductor.codegen.cpp_utils import DTYPE_TO_CPP, create_epilogue_with_attr
+    from torch._inductor.kernel.mm_common import mm_args  # realizes inputs, builds the output layout
+    from torch._inductor.select_algorithm import (  # autotuning between choices
+        ExternKernelChoice,
+        autotune_select_algorithm,
+        realize_inputs,
+    )
+    from torch._inductor.utils import use_cpp_gemm_template
+    from torch._inductor.virtualized import V
+
+    return _Internals(
+        config=inductor_config,
+        ir=ir,
+        lowering=lowering,
+        CppGemmTemplate=CppGemmTemplate,
+        CppTemplate=CppTemplate,
+        DTYPE_TO_CPP=DTYPE_TO_CPP,
+        create_epilogue_with_attr=create_epilogue_with_attr,
+        mm_args=mm_args,
+        ExternKernelChoice=ExternKernelChoice,
+        autotune_select_algorithm=autotune_select_algorithm,
+        realize_inputs=realize_inputs,
+        use_cpp_gemm_template=use_cpp_gemm_template,
+        V=V,
+    )
+
+
+class _Internals:
+    def __init__(self, **names):
+        self.__dict__.update(names)
+
+
+def get_hash_for_files(paths: tuple[str, ...]) -> bytes:
+    """Content hash of our sources for the FX-graph cache key (CustomGraphPass.uuid, INDUCTOR_NOTES §3)."""
+    from torch._inductor.custom_graph_pass import get_hash_for_files as _hash
+
+    return _hash(paths)

@@ -1,0 +1,79 @@
+"""Custom ops: the boundary between the frontend (subclasses, FX pass) and the compiler (lowerings).
+
+Graphs that reach Inductor carry ``torch.ops.inductor_quant.*``; only graphs this package produced contain them,
+so their globally registered lowerings cannot change what plain ``torch.compile`` does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_int8_linear_args(
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> None:
+    """Validate ``int8_weight_linear`` arguments; every message names the offending value."""
+    if x.dim() != 2 or x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"x must be a 2-D tensor of {_FLOAT_DTYPES}, got shape {tuple(x.shape)} of {x.dtype}")
+    if qweight.dtype != torch.int8 or qweight.dim() != 2:
+        raise ValueError(f"qweight must be a 2-D int8 [N, K] tensor, got shape {tuple(qweight.shape)} of {qweight.dtype}")
+    n, k = qweight.shape
+    if x.shape[1] != k:
+        raise ValueError(f"x has K={x.shape[1]} input features but qweight [N, K] has K={k}")
+    if scale.shape != (n,) or scale.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"scale must be a [{n}] float tensor, got shape {tuple(scale.shape)} of {scale.dtype}")
+    if bias is not None and (bias.shape != (n,) or bias.dtype not in _FLOAT_DTYPES):
+        raise ValueError(f"bias must be a [{n}] float tensor, got shape {tuple(bias.shape)} of {bias.dtype}")
+
+
+@torch.library.custom_op("inductor_quant::int8_weight_linear", mutates_args=())
+def int8_weight_linear(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``(x @ qweight.T) * scale + bias`` with int8 weights.
+
+    Args:
+        x: ``[M, K]`` activations, fp32 / bf16 / fp16.
+        qweight: ``[N, K]`` int8, row-major (one output channel per row).
+        scale: ``[N]`` per-output-channel scale, any float dtype; applied in fp32.
+        bias: optional ``[N]`` float bias, added in fp32 after the scale.
+        out_dtype: dtype of the ``[M, N]`` result; ``None`` means ``x.dtype``.
+
+    Eagerly this runs aten's int8 kernel ``_weight_int8pack_mm`` (it needs the scale in ``x.dtype``);
+    compiled, the lowering in ``inductor_quant/lowerings/int8.py`` picks a fused kernel.
+    """
+    check_int8_linear_args(x, qweight, scale, bias)
+    out = torch._weight_int8pack_mm(x.contiguous(), qweight.contiguous(), scale.to(x.dtype))
+    if bias is not None:
+        out = out.float().add_(bias.float())
+    return out.to(out_dtype or x.dtype)
+
+
+@int8_weight_linear.register_fake
+def _(x, qweight, scale, bias=None, out_dtype=None):
+    check_int8_linear_args(x, qweight, scale, bias)
+    return x.new_empty((x.shape[0], qweight.shape[0]), dtype=out_dtype or x.dtype)
+
+
+def _int8_linear_setup_context(ctx, inputs, output):
+    x, qweight, scale, bias, _ = inputs
+    ctx.save_for_backward(qweight, scale)
+    ctx.x_dtype = x.dtype
+    ctx.has_bias = bias is not None
+
+
+def _int8_linear_backward(ctx, grad):
+    # Only x and bias get gradients: the quantized weight and its scale are frozen by construction.
+    qweight, scale = ctx.saved_tensors
+    grad_x = ((grad.float() * scale.float()) @ qweight.float()).to(ctx.x_dtype)
+    grad_bias = grad.sum(0) if ctx.has_bias else None
+    return grad_x, None, None, grad_bias, None
+
+
+int8_weight_linear.register_autograd(_int8_linear_backward, setup_context=_int8_linear_setup_context)

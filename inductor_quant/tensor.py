@@ -1,0 +1,191 @@
+"""Weight tensor subclasses (stage 2 of the pipeline): quantized data that behaves like the float weight it replaces.
+
+A subclass declares its inner tensors and attributes once, as data; flatten / unflatten (what torch.compile
+needs), repr, detach, device / dtype moves and pickling all derive from that declaration. Each aten op it
+supports is one ``@implements`` block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch.utils._python_dispatch import return_and_correct_aliasing
+
+from . import ops as _ops  # noqa: F401  (registers torch.ops.inductor_quant.*)
+from .primitives import dequantize_int8
+
+aten = torch.ops.aten
+
+
+class QuantizedWeightTensor(torch.Tensor):
+    """Base class: a wrapper subclass whose inner tensors are ``tensor_data_names``.
+
+    ``dtype`` is the float dtype the weight stands in for (what ``weight.dtype`` reports); ``transposed`` marks the
+    ``w.t()`` view that ``F.linear`` takes before its matmul.
+    """
+
+    tensor_data_names: ClassVar[tuple[str, ...]] = ()
+    tensor_attribute_names: ClassVar[tuple[str, ...]] = ()
+    _impls: ClassVar[dict[Any, Callable]] = {}
+
+    @staticmethod
+    def __new__(cls, *tensors: torch.Tensor, dtype: torch.dtype, transposed: bool = False, **attrs):
+        first = tensors[0]
+        shape = first.shape[::-1] if transposed else first.shape
+        return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=first.device, requires_grad=False)
+
+    def __init__(self, *tensors: torch.Tensor, dtype: torch.dtype, transposed: bool = False, **attrs):
+        for name, t in zip(self.tensor_data_names, tensors, strict=True):
+            setattr(self, name, t)
+        for name in self.tensor_attribute_names:
+            setattr(self, name, attrs[name])
+        self.transposed = transposed
+
+    # --- derived from the declaration -------------------------------------------------------------
+    def _tensors(self) -> list[torch.Tensor]:
+        return [getattr(self, n) for n in self.tensor_data_names]
+
+    def _attrs(self) -> dict[str, Any]:
+        return {n: getattr(self, n) for n in self.tensor_attribute_names}
+
+    def _rebuild(self, fn: Callable[[torch.Tensor], torch.Tensor] = lambda t: t, **changes):
+        kwargs = {"dtype": self.dtype, "transposed": self.transposed, **self._attrs(), **changes}
+        return type(self)(*(fn(t) for t in self._tensors()), **kwargs)
+
+    def __tensor_flatten__(self):
+        return list(self.tensor_data_names), (self.dtype, self.transposed, self._attrs())
+
+    @classmethod
+    def __tensor_unflatten__(cls, inner, ctx, outer_size, outer_stride):
+        dtype, transposed, attrs = ctx
+        return cls(*(inner[n] for n in cls.tensor_data_names), dtype=dtype, transposed=transposed, **attrs)
+
+    def __reduce_ex__(self, protocol):
+        return _rebuild_quantized_weight, (type(self), self._tensors(), self.dtype, self.transposed, self._attrs())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={tuple(t.shape)}:{t.dtype}" for n, t in zip(self.tensor_data_names, self._tensors()))
+        return f"{type(self).__name__}(shape={tuple(self.shape)}, dtype={self.dtype}, {fields}, transposed={self.transposed})"
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @classmethod
+    def implements(cls, *aten_ops):
+        def decorator(fn):
+            for op in aten_ops:
+                cls._impls[op] = fn
+            return fn
+
+        return decorator
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        impl = cls._impls.get(func)
+        if impl is None:
+            raise NotImplementedError(
+                f"{cls.__name__} does not implement {func}; call .dequantize() first if a float weight is what you need"
+            )
+        return impl(func, args, kwargs)
+
+
+def _rebuild_quantized_weight(cls, tensors, dtype, transposed, attrs):
+    return cls(*tensors, dtype=dtype, transposed=transposed, **attrs)
+
+
+class Int8WeightTensor(QuantizedWeightTensor):
+    """Per-output-channel symmetric int8 weight: ``w ≈ qdata * scale[:, None]``.
+
+    Fields:
+        qdata: int8 ``[N, K]``, row-major, in ``[-127, 127]``.
+        scale: ``[N]`` float (fp32 by default), one per output channel.
+    """
+
+    tensor_data_names = ("qdata", "scale")
+    _impls: ClassVar[dict[Any, Callable]] = {}
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        w = dequantize_int8(self.qdata, self.scale, dtype or self.dtype)
+        return w.t() if self.transposed else w
+
+
+implements = Int8WeightTensor.implements
+
+
+@implements(aten.detach.default, aten.alias.default)
+def _(func, args, kwargs):
+    return return_and_correct_aliasing(func, args, kwargs, args[0]._rebuild(func))
+
+
+@implements(aten.clone.default)
+def _(func, args, kwargs):
+    return args[0]._rebuild(torch.clone)
+
+
+@implements(aten.t.default)
+def _(func, args, kwargs):
+    w = args[0]
+    return return_and_correct_aliasing(func, args, kwargs, w._rebuild(transposed=not w.transposed))
+
+
+@implements(aten.transpose.int)
+def _(func, args, kwargs):
+    w, d0, d1 = args
+    if {d0 % 2, d1 % 2} != {0, 1}:
+        raise NotImplementedError(f"Int8WeightTensor.transpose({d0}, {d1}) on a 2-D weight")
+    return return_and_correct_aliasing(func, args, kwargs, w._rebuild(transposed=not w.transposed))
+
+
+@implements(aten.mm.default)
+def _(func, args, kwargs):
+    x, w = args
+    if isinstance(w, Int8WeightTensor) and w.transposed and not isinstance(x, QuantizedWeightTensor):
+        return torch.ops.inductor_quant.int8_weight_linear(x, w.qdata, w.scale)
+    # Any other product (e.g. grad @ w in a backward) is correct but not an int8 kernel.
+    return func(*(a.dequantize(x.dtype if a is w else w.dtype) if isinstance(a, Int8WeightTensor) else a for a in args))
+
+
+@implements(aten.addmm.default)
+def _(func, args, kwargs):
+    bias, x, w = args
+    plain = kwargs.get("beta", 1) == 1 and kwargs.get("alpha", 1) == 1 and bias.dim() == 1
+    if isinstance(w, Int8WeightTensor) and w.transposed and plain:
+        return torch.ops.inductor_quant.int8_weight_linear(x, w.qdata, w.scale, bias)
+    return func(bias, x, w.dequantize(x.dtype), **kwargs)
+
+
+@implements(aten._to_copy.default)
+def _(func, args, kwargs):
+    w = args[0]
+    dtype = kwargs.get("dtype") or w.dtype
+    if not dtype.is_floating_point:
+        raise ValueError(f"Int8WeightTensor stands in for a float weight; cannot convert it to {dtype}")
+    device = kwargs.get("device")
+    return w._rebuild((lambda t: t.to(device)) if device is not None else (lambda t: t), dtype=dtype)
+
+
+@implements(aten.copy_.default)
+def _(func, args, kwargs):
+    dst, src = args
+    if not isinstance(src, Int8WeightTensor) or src.transposed != dst.transposed or src.shape != dst.shape:
+        raise ValueError(f"can only copy an Int8WeightTensor of shape {tuple(dst.shape)} into one, got {src!r}")
+    dst.qdata.copy_(src.qdata)
+    dst.scale.copy_(src.scale)
+    return dst
+
+
+@implements(aten.equal.default)
+def _(func, args, kwargs):
+    a, b = args
+    return type(a) is type(b) and a.transposed == b.transposed and all(
+        torch.equal(x, y) for x, y in zip(a._tensors(), b._tensors())
+    )
+
+
+# torch.load(weights_only=True) accepts only allow-listed globals.
+torch.serialization.add_safe_globals([Int8WeightTensor, _rebuild_quantized_weight])
