@@ -1,0 +1,92 @@
+"""The ``quant_inductor`` torch.compile backend: stock Inductor plus this package's pass, lowerings and freezing.
+
+Registered through the ``torch_dynamo_backends`` entry point, so ``torch.compile(model, backend="quant_inductor")``
+works in a fresh process without importing ``inductor_quant`` first.
+
+What it turns on, for the graphs it compiles only (plain ``torch.compile`` is untouched):
+
+* the dequantize -> matmul rewrite pass (``inductor_quant/passes``), as Inductor's ``joint_custom_post_pass``,
+  which runs before freezing can fold an int8 weight into a float one;
+* under ``torch.no_grad()``, freezing: module parameters and buffers become compile-time constants, so quantized
+  weights can be prepacked and the kernels specialised to them. Stock Inductor decides this at trace time from the
+  global ``torch._inductor.config.freezing``; this backend decides it per graph instead. Turn it off with
+  ``options={"inductor_quant.freezing": False}``. As with stock freezing, a frozen graph does not see later
+  in-place updates of the weights: recompile (``torch._dynamo.reset()``) after changing them.
+
+Any other ``options`` are Inductor config patches, as with ``backend="inductor"``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ._compat import torch_supported
+
+log = logging.getLogger(__name__)
+
+FREEZING_OPTION = "inductor_quant.freezing"
+
+
+def quant_inductor(
+    gm: torch.fx.GraphModule,
+    example_inputs: Sequence[Any],
+    *,
+    mode: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> Callable[..., Any]:
+    from torch._inductor import list_mode_options
+    from torch._inductor.compile_fx import compile_fx
+
+    mode_options = list_mode_options(mode) if mode not in (None, "default") else {}
+    patches: dict[str, Any] = {**mode_options, **(options or {})}
+    freeze = patches.pop(FREEZING_OPTION, True)
+    if not torch_supported():
+        return compile_fx(gm, example_inputs, config_patches=patches)
+
+    from . import lowerings  # noqa: F401  (registers the lowerings of torch.ops.inductor_quant.*)
+    from .passes import rewrite_pass
+
+    patches.setdefault("joint_custom_post_pass", rewrite_pass())
+    if not (freeze and not torch.is_grad_enabled()):
+        return compile_fx(gm, example_inputs, config_patches=patches)
+
+    kept = _lift_module_state_to_attributes(gm, example_inputs)
+    patches["freezing"] = True
+    compiled = compile_fx(gm, [example_inputs[i] for i in kept], config_patches=patches)
+    log.debug("freezing: %d of %d graph inputs became constants", len(example_inputs) - len(kept), len(example_inputs))
+
+    # Dynamo builds the call from the placeholders left in `gm`: lifted inputs are no longer passed.
+    return compiled
+
+
+def _lift_module_state_to_attributes(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> list[int]:
+    """Turn placeholders that Dynamo marked as module parameters / buffers into ``get_attr`` nodes.
+
+    This is what Dynamo itself does when it traces with freezing on (``is_parameter_freezing()``); Inductor's
+    freezing then folds them into constants. Returns the indices of the inputs that stay graph inputs.
+    """
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    kept = []
+    for i, (node, value) in enumerate(zip(placeholders, example_inputs, strict=True)):
+        is_state = isinstance(value, torch.Tensor) and getattr(value, "_dynamo_static_input_type", None) is not None
+        if not is_state or not node.users:
+            kept.append(i)
+            continue
+        name = f"_frozen_{node.name}"
+        if isinstance(value, torch.nn.Parameter):
+            gm.register_parameter(name, value)
+        else:
+            gm.register_buffer(name, value)
+        with gm.graph.inserting_before(node):
+            attr = gm.graph.get_attr(name)
+        attr.meta.update(node.meta)
+        # AOTAutograd maps lifted attributes back to Dynamo sources for its guards.
+        gm._param_name_to_source[name] = node.meta["grapharg"].source
+        node.replace_all_uses_with(attr)
+        gm.graph.erase_node(node)
+    gm.recompile()
+    return kept

@@ -1,0 +1,1 @@
+"""Kernel templates (stage 6 of the pipeline): cpp/ for CPU."""

@@ -1,0 +1,69 @@
+"""CPP template for decode-shaped int8 weight-only matmuls (stage 6 of the pipeline): loads ``int8_gemv.cpp``.
+
+Unlike Inductor's CppGemmTemplate it needs no prepacked or constant weight: it streams the plain ``[N, K]`` int8
+rows, so it serves frozen and unfrozen graphs alike. Scale and bias are fused in the kernel; further pointwise
+nodes (an activation, a residual add) are fused by Inductor's scheduler as epilogue nodes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..._compat import inductor_internals
+
+_I = inductor_internals()
+_SOURCE = (Path(__file__).parent / "int8_gemv.cpp").read_text()
+
+# Largest M the template is offered for: it re-reads the activations once per row block, which stops paying
+# off once M is a prefill-sized batch (there Inductor's blocked GEMM or a dense GEMM wins).
+MAX_M = 32
+# Rows of W per block and the K chunk widened at a time: 4 rows keep 4 weight streams in flight and use
+# 4 x 4 accumulators; 4 x 512 fp32 = 8 KiB of widened weights stays in L1 (48 KiB) with the activations.
+ROWS_PER_BLOCK = 4
+K_CHUNK = 512
+
+
+class CppInt8GemvTemplate(_I.CppTemplate):
+    """``Y = (X @ W.T) * S (+ B)`` for small M, with X ``[M, K]`` float, W ``[N, K]`` int8, S / B ``[N]``."""
+
+    def __init__(self, input_nodes, layout, has_bias: bool, num_threads: int):
+        super().__init__("inductor_quant_int8_gemv", input_nodes, layout, num_threads)
+        self.has_bias = has_bias
+
+    @classmethod
+    def add_choice(cls, choices: list, layout, input_nodes: list, has_bias: bool) -> None:
+        num_threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or _I.config.cpp.threads
+        if num_threads < 1:
+            from torch._inductor.utils import parallel_num_threads
+
+            num_threads = parallel_num_threads()
+        template = cls(input_nodes, layout, has_bias, num_threads)
+        choices.append(template.generate())
+
+    def render(self, kernel, template_buffer_node=None, flag_template_buffer_has_other_users=None,
+               epilogue_nodes=None, **kwargs) -> str:
+        X, W, S, *rest = self.input_nodes
+        B = rest[0] if self.has_bias else None
+        Y = template_buffer_node if template_buffer_node is not None else self.output_node
+        m, k = (int(s) for s in X.get_size())
+        n = int(W.get_size()[0])
+
+        def store_epilogue() -> str:
+            # Rendered after def_kernel, so the epilogue reads Y through the kernel's own argument.
+            return kernel.store_output(epilogue_nodes[-1], Y, orig_src=Y, epilogue_nodes=epilogue_nodes)
+
+        options = dict(
+            kernel=kernel,
+            template=self,
+            X=X, W=W, S=S, B=B, Y=Y,
+            M=m, N=n, K=k,
+            NR=ROWS_PER_BLOCK, KC=K_CHUNK,
+            prefix="iq_",
+            aliases=None,
+            num_threads=self.num_threads,
+            export_declaration="",
+            epilogue_nodes=epilogue_nodes,
+            store_epilogue=store_epilogue,
+        )
+        return self._template_from_string(_SOURCE).render(**options)
