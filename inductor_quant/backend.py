@@ -11,7 +11,10 @@ What it turns on, for the graphs it compiles only (plain ``torch.compile`` is un
   weights can be prepacked and the kernels specialised to them. Stock Inductor decides this at trace time from the
   global ``torch._inductor.config.freezing``; this backend decides it per graph instead. Turn it off with
   ``options={"inductor_quant.freezing": False}``. As with stock freezing, a frozen graph does not see later
-  in-place updates of the weights: recompile (``torch._dynamo.reset()``) after changing them.
+  in-place updates of the weights: recompile (``torch._dynamo.reset()``) after changing them;
+* with freezing, compile-time prepacking of the int8 weights of decode-shaped linears (static M <= 32) into the
+  layout the GEMV kernel streams fastest, as Inductor's ``post_grad_custom_post_pass``. The packed copy is held by
+  the compiled graph; ``options={"inductor_quant.prepack": False}`` turns prepacking off.
 
 Any other ``options`` are Inductor config patches, as with ``backend="inductor"``.
 """
@@ -29,6 +32,7 @@ from ._compat import torch_supported
 log = logging.getLogger(__name__)
 
 FREEZING_OPTION = "inductor_quant.freezing"
+PREPACK_OPTION = "inductor_quant.prepack"
 
 
 def quant_inductor(
@@ -44,11 +48,12 @@ def quant_inductor(
     mode_options = list_mode_options(mode) if mode not in (None, "default") else {}
     patches: dict[str, Any] = {**mode_options, **(options or {})}
     freeze = patches.pop(FREEZING_OPTION, True)
+    prepack = patches.pop(PREPACK_OPTION, True)
     if not torch_supported():
         return compile_fx(gm, example_inputs, config_patches=patches)
 
     from . import lowerings  # noqa: F401  (registers the lowerings of torch.ops.inductor_quant.*)
-    from .passes import rewrite_pass
+    from .passes import prepack_pass, rewrite_pass
 
     patches.setdefault("joint_custom_post_pass", rewrite_pass())
     if not (freeze and not torch.is_grad_enabled()):
@@ -56,6 +61,8 @@ def quant_inductor(
 
     kept = _lift_module_state_to_attributes(gm, example_inputs)
     patches["freezing"] = True
+    if prepack:
+        patches.setdefault("post_grad_custom_post_pass", prepack_pass())
     compiled = compile_fx(gm, [example_inputs[i] for i in kept], config_patches=patches)
     log.debug("freezing: %d of %d graph inputs became constants", len(example_inputs) - len(kept), len(example_inputs))
 

@@ -65,15 +65,40 @@ def _int8_linear_setup_context(ctx, inputs, output):
     x, qweight, scale, bias, _ = inputs
     ctx.save_for_backward(qweight, scale)
     ctx.x_dtype = x.dtype
-    ctx.has_bias = bias is not None
+    ctx.bias_dtype = bias.dtype if bias is not None else None
 
 
 def _int8_linear_backward(ctx, grad):
     # Only x and bias get gradients: the quantized weight and its scale are frozen by construction.
     qweight, scale = ctx.saved_tensors
     grad_x = ((grad.float() * scale.float()) @ qweight.float()).to(ctx.x_dtype)
-    grad_bias = grad.sum(0) if ctx.has_bias else None
+    grad_bias = grad.sum(0).to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
     return grad_x, None, None, grad_bias, None
 
 
 int8_weight_linear.register_autograd(_int8_linear_backward, setup_context=_int8_linear_setup_context)
+
+
+@torch.library.custom_op("inductor_quant::int8_weight_linear_packed", mutates_args=())
+def int8_weight_linear_packed(
+    x: torch.Tensor,
+    packed_weight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype | None,
+    out_features: int,
+) -> torch.Tensor:
+    """``int8_weight_linear`` with the weight in the blocked decode layout of ``primitives.pack_int8_blocked``.
+
+    Made only by the prepack pass, for frozen weights of decode-shaped graphs; its lowering is the GEMV template.
+    This eager implementation (unpack, then ``int8_weight_linear``) is the reference, not a fast path.
+    """
+    from .primitives import unpack_int8_blocked
+
+    qweight = unpack_int8_blocked(packed_weight, out_features, x.shape[1])
+    return int8_weight_linear(x, qweight, scale, bias, out_dtype)
+
+
+@int8_weight_linear_packed.register_fake
+def _(x, packed_weight, scale, bias, out_dtype, out_features):
+    return x.new_empty((x.shape[0], out_features), dtype=out_dtype or x.dtype)

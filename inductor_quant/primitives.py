@@ -26,6 +26,29 @@ def dequantize_int8(qdata: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
     return (qdata.float() * scale.float()[:, None]).to(dtype)
 
 
+# Decode layout of an int8 [N, K] weight: blocks of ROWS rows, each stored K_STEP columns at a time, so one block
+# is one contiguous stream: packed[b, s, r, j] = w[b * ROWS + r, s * K_STEP + j]. N is zero-padded to ROWS.
+PACK_ROWS = 4  # rows per block: the GEMV kernel keeps 4 rows x (up to) 4 activation rows of accumulators
+PACK_K_STEP = 32  # one 32-byte run per row per step
+
+
+def pack_int8_blocked(qdata: torch.Tensor) -> torch.Tensor:
+    """``[N, K]`` int8 -> flat ``[ceil(N / 4) * 4 * K]`` int8 in the blocked decode layout (K % 32 == 0)."""
+    n, k = qdata.shape
+    if k % PACK_K_STEP:
+        raise ValueError(f"pack_int8_blocked needs K divisible by {PACK_K_STEP}, got K={k}")
+    n_pad = -n % PACK_ROWS
+    w = torch.nn.functional.pad(qdata, (0, 0, 0, n_pad)) if n_pad else qdata
+    blocks = w.reshape(-1, PACK_ROWS, k // PACK_K_STEP, PACK_K_STEP).permute(0, 2, 1, 3)
+    return blocks.contiguous().reshape(-1)
+
+
+def unpack_int8_blocked(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Inverse of ``pack_int8_blocked``: the ``[N, K]`` int8 weight."""
+    blocks = packed.reshape(-1, k // PACK_K_STEP, PACK_ROWS, PACK_K_STEP).permute(0, 2, 1, 3)
+    return blocks.reshape(-1, k)[:n].contiguous()
+
+
 def int8_linear_reference(
     x: torch.Tensor,
     qdata: torch.Tensor,

@@ -19,7 +19,8 @@ from torch._dynamo.utils import counters
 
 from .._compat import inductor_internals
 from ..ops import int8_weight_linear
-from ..templates.cpp.int8_gemv import MAX_M, CppInt8GemvTemplate
+from ..settings import forced_int8_kernel
+from ..templates.cpp.int8_gemv import K_STEP, MAX_M, CppInt8GemvTemplate
 
 log = logging.getLogger(__name__)
 _I = inductor_internals()
@@ -70,6 +71,12 @@ def int8_weight_linear_lowering(x, qweight, scale, bias=None, *, out_dtype=None,
     inputs = [mat1, mat2, scale] + ([_I.realize_inputs(bias)] if bias is not None else [])
     choices = _choices(inputs, layout, out_dtype, has_bias=bias is not None, scale_tb=scale, bias_tb=bias)
 
+    forced = forced_int8_kernel()
+    if forced is not None:
+        if forced not in [name for name, _ in choices]:
+            raise ValueError(f"INDUCTOR_QUANT_INT8_KERNEL={forced!r} is not offered for this problem; offered: "
+                             f"{[name for name, _ in choices]}")
+        choices = [(name, c) for name, c in choices if name == forced]
     key = _problem_key(mat1, mat2, scale, bias, out_dtype)
     if key in _tuned:
         remembered = [c for name, c in choices if name == _tuned[key]]
@@ -95,9 +102,38 @@ def _choices(inputs, layout, out_dtype, *, has_bias, scale_tb, bias_tb) -> list[
         ("aten", aten_choice.bind(inputs, layout, **kwargs)),
         ("dequant_mm", dequant_mm_choice.bind(inputs, layout, **kwargs)),
     ]
-    m = _I.V.graph.sizevars.optimization_hint(mat1.get_size()[0])
-    if m <= MAX_M and all(isinstance(s, int) or s.is_number for s in (*mat1.get_size(), *mat2.get_size())):
+    if _gemv_applies(mat1, mat2):
         gemv: list = []
-        CppInt8GemvTemplate.add_choice(gemv, layout, inputs, has_bias)
+        n = int(mat2.get_size()[0])
+        CppInt8GemvTemplate.add_choice(gemv, layout, inputs, has_bias=has_bias, packed=False, n=n)
         choices += [("int8_gemv", c) for c in gemv]
     return choices
+
+
+def _gemv_applies(mat1, mat2) -> bool:
+    """The GEMV template needs static shapes, M <= MAX_M and K a multiple of its K step."""
+    sizes = (*mat1.get_size(), *mat2.get_size())
+    if not all(isinstance(s, int) or s.is_number for s in sizes):
+        return False
+    m, k = (int(s) for s in mat1.get_size())
+    return m <= MAX_M and k % K_STEP == 0
+
+
+@L.register_lowering(torch.ops.inductor_quant.int8_weight_linear_packed.default, type_promotion_kind=None)
+def int8_weight_linear_packed_lowering(x, packed_weight, scale, bias, out_dtype, out_features, *, layout=None):
+    """The prepack pass only packs decode-shaped problems, so the GEMV template is the one choice."""
+    out_dtype = out_dtype or x.get_dtype()
+    x = _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(x))
+    m, k = (int(s) for s in x.get_size())
+    layout = _I.ir.FixedLayout(x.get_device(), out_dtype, [m, out_features])
+    inputs = [x, _I.realize_inputs(packed_weight), _I.realize_inputs(scale)]
+    if bias is not None:
+        inputs.append(_I.realize_inputs(bias))
+    choices: list = []
+    CppInt8GemvTemplate.add_choice(choices, layout, inputs, has_bias=bias is not None, packed=True, n=out_features)
+    counters["inductor_quant"]["int8_lowered"] += 1
+    counters["inductor_quant"]["int8_kernel_int8_gemv_packed"] += 1
+    log.info("int8_weight_linear_packed M=%s N=%s K=%s x=%s: prepacked weight, kernel int8_gemv", m, out_features, k,
+             x.get_dtype())
+    out, _ = _I.autotune_select_algorithm("inductor_quant_int8_weight_linear_packed", choices, inputs, layout)
+    return out

@@ -1,5 +1,5 @@
 """FX passes (stage 3 of the pipeline)."""
 
-from .rewrite import rewrite_pass
+from .rewrite import prepack_pass, rewrite_pass
 
-__all__ = ["rewrite_pass"]
+__all__ = ["prepack_pass", "rewrite_pass"]

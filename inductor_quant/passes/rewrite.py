@@ -239,18 +239,39 @@ def _shapes(node: Node) -> str:
     return "(" + ", ".join(f"{list(v.shape)}:{str(v.dtype).removeprefix('torch.')}" for v in vals if v is not None) + ")"
 
 
-class QuantRewritePass(CustomGraphPass):
-    """The pass object handed to Inductor; its ``uuid`` covers every source file of the package."""
+class _PackagePass(CustomGraphPass):
+    """A pass object handed to Inductor; its ``uuid`` covers every source file of the package."""
+
+    stage = ""
 
     def __call__(self, graph: Graph) -> None:
         if os.environ.get(LOG_GRAPHS_ENV) == "1":
-            log.info("graph before the inductor_quant rewrite:\n%s", graph)
-        rewrite_int8_linears(graph)
+            log.info("graph before inductor_quant %s:\n%s", self.stage, graph)
+        self.run(graph)
         if os.environ.get(LOG_GRAPHS_ENV) == "1":
-            log.info("graph after the inductor_quant rewrite:\n%s", graph)
+            log.info("graph after inductor_quant %s:\n%s", self.stage, graph)
+
+    def run(self, graph: Graph) -> None:
+        raise NotImplementedError
 
     def uuid(self) -> bytes:
-        return package_source_hash()
+        return package_source_hash() + self.stage.encode()
+
+
+class QuantRewritePass(_PackagePass):
+    stage = "rewrite"
+
+    def run(self, graph: Graph) -> None:
+        rewrite_int8_linears(graph)
+
+
+class PrepackPass(_PackagePass):
+    stage = "prepack"
+
+    def run(self, graph: Graph) -> None:
+        from .prepack import prepack_int8_weights
+
+        prepack_int8_weights(graph)
 
 
 def package_source_hash() -> bytes:
@@ -262,3 +283,7 @@ def package_source_hash() -> bytes:
 
 def rewrite_pass() -> QuantRewritePass:
     return QuantRewritePass()
+
+
+def prepack_pass() -> PrepackPass:
+    return PrepackPass()

@@ -1,124 +1,162 @@
 // int8 weight-only GEMV-shaped GEMM for decode (small M): Y[M, N] = (X[M, K] @ W[N, K]^T) * S[N] (+ B[N]).
 //
-// Decode is bound by how fast the int8 weight streams from memory, so the kernel reads every weight byte exactly
-// once and does everything else around that stream:
-//   * the activations are converted to fp32 once, zero-padded to a multiple of the vector width (KP);
-//   * the N rows of W are split across the threads in blocks of NR rows; a block is walked along K in chunks of
-//     KC values, each chunk widened int8 -> fp32 into a small buffer that stays in L1 while all M rows of X use it;
-//   * accumulation is fp32; the scale (and bias) are applied once per output in fp32, then one rounding to Y's dtype.
+// Decode is bound by how fast the int8 weight streams from memory, so the kernel reads each weight byte once:
+//   * threads split W into blocks of NR = 4 rows; a block is walked along K in steps of 32 values;
+//   * each step widens 4 x 32 int8 weights (exactly) to bf16 or fp32 and multiplies them with every row of X
+//     while they are in registers, accumulating in fp32;
+//   * the scale (and bias) are applied once per output in fp32, then one rounding to Y's dtype.
+// Where W lives is a matter of strides: weight (block b, row r, k) is at
+//   W + b * 4K + r * RS + (k / 32) * KS + k % 32
+// with RS = 32, KS = 128 for the layout prepacked at compile time ([N/4][K/32][4][32]: one contiguous stream per
+// block) and RS = K, KS = 32 for a plain row-major [N, K] weight (four streams per block).
+// bf16 activations use AVX512-BF16 dot products (two MACs per lane); fp32 / fp16 activations use fp32 FMAs.
 // ---
 {{template.header().getvalue()}}
 #include <immintrin.h>
-#include <cstring>
+#include <algorithm>
 #include <memory>
 
 #ifndef INDUCTOR_QUANT_INT8_GEMV_HELPERS
 #define INDUCTOR_QUANT_INT8_GEMV_HELPERS  // a graph's kernels share one translation unit: define helpers once
 namespace {
-constexpr int64_t {{prefix}}VEC = 16;     // fp32 lanes in a 512-bit register
-constexpr int64_t {{prefix}}NR = {{NR}};  // weight rows per block: {{NR}} streams in flight, {{NR}} x MT accumulators
-constexpr int64_t {{prefix}}MT = 4;       // activation rows per register tile: NR * MT = 16 of 32 zmm registers
-constexpr int64_t {{prefix}}KC = {{KC}};  // K chunk: NR * KC * 4 bytes of widened weights stay in L1
+constexpr int64_t IQ_NR = 4;              // weight rows per block: 4 x MT accumulators in registers
+constexpr int64_t IQ_KSTEP = 32;          // K values per step: one 32-byte run of each row
+constexpr int64_t IQ_PREFETCH_STEPS = 16; // prefetch this many steps ahead (2 KiB in the packed layout)
 
-// --- micro-kernel: acc[MT][NR] += X[MT rows, kc] . Wf[NR rows, kc] over one widened chunk ---
-template <int MTILE>
-inline void {{prefix}}tile(const float* x, int64_t ldx, const float* wf, int64_t kc, float* acc_out) {
-#ifdef __AVX512F__
-    __m512 acc[MTILE][{{prefix}}NR];
-    for (int m = 0; m < MTILE; ++m)
-        for (int r = 0; r < {{prefix}}NR; ++r) acc[m][r] = _mm512_loadu_ps(acc_out + (m * {{prefix}}NR + r) * {{prefix}}VEC);
-    for (int64_t k = 0; k < kc; k += {{prefix}}VEC) {
-        __m512 w[{{prefix}}NR];
-        for (int r = 0; r < {{prefix}}NR; ++r) w[r] = _mm512_load_ps(wf + r * {{prefix}}KC + k);
-        for (int m = 0; m < MTILE; ++m) {
-            const __m512 xv = _mm512_loadu_ps(x + m * ldx + k);
-            for (int r = 0; r < {{prefix}}NR; ++r) acc[m][r] = _mm512_fmadd_ps(xv, w[r], acc[m][r]);
-        }
-    }
-    for (int m = 0; m < MTILE; ++m)
-        for (int r = 0; r < {{prefix}}NR; ++r) _mm512_storeu_ps(acc_out + (m * {{prefix}}NR + r) * {{prefix}}VEC, acc[m][r]);
-#else
-    for (int m = 0; m < MTILE; ++m)
-        for (int r = 0; r < {{prefix}}NR; ++r)
-            for (int64_t k = 0; k < kc; ++k)
-                acc_out[(m * {{prefix}}NR + r) * {{prefix}}VEC + (k % {{prefix}}VEC)] += x[m * ldx + k] * wf[r * {{prefix}}KC + k];
-#endif
+#if defined(__AVX512F__)
+// 32 int8 -> two halves of 16 fp32 (exact)
+inline void iq_widen_f32(const int8_t* w, __m512& lo, __m512& hi) {
+    lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w))));
+    hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16))));
 }
 
-// --- widen NR rows x kc int8 weights to fp32 (rows past `rows` and columns past `valid` become 0) ---
-inline void {{prefix}}widen(const int8_t* w, int64_t ldw, int64_t rows, int64_t valid, int64_t kc, float* wf) {
-    for (int64_t r = 0; r < {{prefix}}NR; ++r) {
-        float* dst = wf + r * {{prefix}}KC;
-        const int8_t* src = w + r * ldw;
-        const int64_t n_valid = r < rows ? valid : 0;
-        int64_t k = 0;
-#ifdef __AVX512F__
-        for (; k + {{prefix}}VEC <= n_valid; k += {{prefix}}VEC) {
-            const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k));
-            _mm512_store_ps(dst + k, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
+// --- fp32 micro-kernel: acc[m][r] = sum_k X[m, k] * W[r, k] for MT rows of fp32 X ---
+template <int MT>
+inline void iq_dot_f32(const int8_t* const* wr, int64_t KS, int64_t K, const float* x, int64_t ldx, float* out) {
+    __m512 acc[MT][IQ_NR];
+    for (int m = 0; m < MT; ++m)
+        for (int r = 0; r < IQ_NR; ++r) acc[m][r] = _mm512_setzero_ps();
+    for (int64_t k = 0, off = 0; k < K; k += IQ_KSTEP, off += KS) {
+        for (int r = 0; r < IQ_NR; ++r) _mm_prefetch(reinterpret_cast<const char*>(wr[r] + off + IQ_PREFETCH_STEPS * KS), _MM_HINT_T0);
+        __m512 lo[IQ_NR], hi[IQ_NR];
+        for (int r = 0; r < IQ_NR; ++r) iq_widen_f32(wr[r] + off, lo[r], hi[r]);
+        for (int m = 0; m < MT; ++m) {
+            const __m512 x0 = _mm512_loadu_ps(x + m * ldx + k);
+            const __m512 x1 = _mm512_loadu_ps(x + m * ldx + k + 16);
+            for (int r = 0; r < IQ_NR; ++r) acc[m][r] = _mm512_fmadd_ps(x1, hi[r], _mm512_fmadd_ps(x0, lo[r], acc[m][r]));
         }
-#endif
-        for (; k < n_valid; ++k) dst[k] = static_cast<float>(src[k]);
-        for (; k < kc; ++k) dst[k] = 0.f;
     }
+    for (int m = 0; m < MT; ++m)
+        for (int r = 0; r < IQ_NR; ++r) out[m * IQ_NR + r] = _mm512_reduce_add_ps(acc[m][r]);
+}
+#endif
+
+#if defined(__AVX512BF16__)
+// --- bf16 micro-kernel: same sums with bf16 X; int8 weights are exact in bf16, products exact, fp32 accumulate ---
+template <int MT>
+inline void iq_dot_bf16(const int8_t* const* wr, int64_t KS, int64_t K, const uint16_t* x, int64_t ldx, float* out) {
+    __m512 acc[MT][IQ_NR];
+    for (int m = 0; m < MT; ++m)
+        for (int r = 0; r < IQ_NR; ++r) acc[m][r] = _mm512_setzero_ps();
+    for (int64_t k = 0, off = 0; k < K; k += IQ_KSTEP, off += KS) {
+        for (int r = 0; r < IQ_NR; ++r) _mm_prefetch(reinterpret_cast<const char*>(wr[r] + off + IQ_PREFETCH_STEPS * KS), _MM_HINT_T0);
+        __m512bh w[IQ_NR];
+        for (int r = 0; r < IQ_NR; ++r) {
+            __m512 lo, hi;
+            iq_widen_f32(wr[r] + off, lo, hi);
+            w[r] = _mm512_cvtne2ps_pbh(hi, lo);  // bf16 lanes in k order: [lo 0..15, hi 16..31]
+        }
+        for (int m = 0; m < MT; ++m) {
+            const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + m * ldx + k);
+            for (int r = 0; r < IQ_NR; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, w[r]);
+        }
+    }
+    for (int m = 0; m < MT; ++m)
+        for (int r = 0; r < IQ_NR; ++r) out[m * IQ_NR + r] = _mm512_reduce_add_ps(acc[m][r]);
+}
+#endif
+
+// --- portable fallback (no AVX512): same sums, scalar ---
+template <typename XT>
+inline void iq_dot_scalar(const int8_t* const* wr, int64_t KS, int64_t K, const XT* x, int64_t ldx, int64_t mt, float* out) {
+    for (int64_t m = 0; m < mt; ++m)
+        for (int r = 0; r < IQ_NR; ++r) {
+            float s = 0.f;
+            for (int64_t k = 0, off = 0; k < K; k += IQ_KSTEP, off += KS)
+                for (int64_t j = 0; j < IQ_KSTEP; ++j) s += static_cast<float>(x[m * ldx + k + j]) * wr[r][off + j];
+            out[m * IQ_NR + r] = s;
+        }
 }
 }  // namespace
 #endif  // INDUCTOR_QUANT_INT8_GEMV_HELPERS
 
 extern "C" {{export_declaration}}
-{{kernel.def_kernel(inputs={"X": X, "W": W, "S": S, "B": B}, outputs={"Y": Y}, aliases=aliases)}}
+{{kernel.def_kernel(inputs={"X": X, "W": W, "S": S, "B": B}, outputs={"Y": Y}, aliases=None)}}
 {
     constexpr int64_t M = {{M}};
     constexpr int64_t N = {{N}};
-    constexpr int64_t K = {{K}};
-    constexpr int64_t KP = (K + {{prefix}}VEC - 1) / {{prefix}}VEC * {{prefix}}VEC;
+    constexpr int64_t K = {{K}};             // a multiple of IQ_KSTEP
+    constexpr int64_t RS = {{row_stride}};   // see the layout note above
+    constexpr int64_t KS = {{step_stride}};
+    constexpr int64_t n_blocks = (N + IQ_NR - 1) / IQ_NR;
+{%- if x_is_bf16 %}
+#if defined(__AVX512BF16__)
+#define IQ_PATH_BF16 1
+    const uint16_t* xk = reinterpret_cast<const uint16_t*>(X);  // bf16 bits, read as they are
+#endif
+{%- elif x_is_f32 %}
+    const float* xk = X;
+#define IQ_X_READY 1
+{%- endif %}
+#if !defined(IQ_PATH_BF16) && !defined(IQ_X_READY)
+    // widen the (small) activations to fp32 once
+    std::unique_ptr<float[]> x_owner(new float[M * K]);
+    float* xk = x_owner.get();
+    for (int64_t i = 0; i < M * K; ++i) xk[i] = static_cast<float>(X[i]);
+#endif
 
-    // --- activations: fp32 copy, zero-padded to KP ---
-    std::unique_ptr<float[]> xf_owner(new float[M * KP + {{prefix}}VEC]);
-    float* xf = xf_owner.get();
-    for (int64_t m = 0; m < M; ++m) {
-        for (int64_t k = 0; k < K; ++k) xf[m * KP + k] = static_cast<float>(X[m * K + k]);
-        for (int64_t k = K; k < KP; ++k) xf[m * KP + k] = 0.f;
-    }
-
-    // --- stream W once: row blocks across threads ---
-    constexpr int64_t n_blocks = (N + {{prefix}}NR - 1) / {{prefix}}NR;
     #pragma omp parallel for num_threads({{num_threads}}) schedule(static)
     for (int64_t nb = 0; nb < n_blocks; ++nb) {
-        const int64_t n0 = nb * {{prefix}}NR;
-        const int64_t rows = std::min<int64_t>({{prefix}}NR, N - n0);
-        alignas(64) float wf[{{prefix}}NR * {{prefix}}KC];
-        alignas(64) float acc[M * {{prefix}}NR * {{prefix}}VEC];
-        std::memset(acc, 0, sizeof(acc));
-        for (int64_t k0 = 0; k0 < KP; k0 += {{prefix}}KC) {
-            const int64_t kc = std::min<int64_t>({{prefix}}KC, KP - k0);
-            {{prefix}}widen(W + n0 * K + k0, K, rows, std::max<int64_t>(0, std::min<int64_t>(kc, K - k0)), kc, wf);
-            int64_t m = 0;
-            for (; m + {{prefix}}MT <= M; m += {{prefix}}MT)
-                {{prefix}}tile<{{prefix}}MT>(xf + m * KP + k0, KP, wf, kc, acc + m * {{prefix}}NR * {{prefix}}VEC);
-            switch (M - m) {
-                case 3: {{prefix}}tile<3>(xf + m * KP + k0, KP, wf, kc, acc + m * {{prefix}}NR * {{prefix}}VEC); break;
-                case 2: {{prefix}}tile<2>(xf + m * KP + k0, KP, wf, kc, acc + m * {{prefix}}NR * {{prefix}}VEC); break;
-                case 1: {{prefix}}tile<1>(xf + m * KP + k0, KP, wf, kc, acc + m * {{prefix}}NR * {{prefix}}VEC); break;
-                default: break;
-            }
+        const int64_t n0 = nb * IQ_NR;
+        const int64_t rows = std::min<int64_t>(IQ_NR, N - n0);
+        // rows past N (last block of a row-major weight) re-read the last row; their sums are dropped
+        const int8_t* wr[IQ_NR];
+        for (int64_t r = 0; r < IQ_NR; ++r) wr[r] = W + n0 * K + std::min<int64_t>(r, rows - 1) * RS;
+        alignas(64) float acc[M * IQ_NR];
+        int64_t m = 0;
+#if defined(IQ_PATH_BF16)
+        for (; m + 4 <= M; m += 4) iq_dot_bf16<4>(wr, KS, K, xk + m * K, K, acc + m * IQ_NR);
+        switch (M - m) {
+            case 3: iq_dot_bf16<3>(wr, KS, K, xk + m * K, K, acc + m * IQ_NR); break;
+            case 2: iq_dot_bf16<2>(wr, KS, K, xk + m * K, K, acc + m * IQ_NR); break;
+            case 1: iq_dot_bf16<1>(wr, KS, K, xk + m * K, K, acc + m * IQ_NR); break;
+            default: break;
         }
-        // --- epilogue: horizontal sum, * scale (+ bias) in fp32, one rounding to Y's dtype ---
-        for (int64_t m = 0; m < M; ++m) {
+#elif defined(__AVX512F__)
+        for (; m + 4 <= M; m += 4) iq_dot_f32<4>(wr, KS, K, xk + m * K, K, acc + m * IQ_NR);
+        switch (M - m) {
+            case 3: iq_dot_f32<3>(wr, KS, K, xk + m * K, K, acc + m * IQ_NR); break;
+            case 2: iq_dot_f32<2>(wr, KS, K, xk + m * K, K, acc + m * IQ_NR); break;
+            case 1: iq_dot_f32<1>(wr, KS, K, xk + m * K, K, acc + m * IQ_NR); break;
+            default: break;
+        }
+#else
+        iq_dot_scalar(wr, KS, K, xk, K, M, acc);
+#endif
+        // --- epilogue: * scale (+ bias) in fp32, one rounding to Y's dtype ---
+        for (int64_t mm = 0; mm < M; ++mm)
             for (int64_t r = 0; r < rows; ++r) {
-                const float* a = acc + (m * {{prefix}}NR + r) * {{prefix}}VEC;
-                float sum = 0.f;
-                for (int64_t l = 0; l < {{prefix}}VEC; ++l) sum += a[l];
-                float out = sum * static_cast<float>(S[n0 + r]);
+                float out = acc[mm * IQ_NR + r] * static_cast<float>(S[n0 + r]);
 {%- if B is not none %}
                 out += static_cast<float>(B[n0 + r]);
 {%- endif %}
-                Y[m * N + n0 + r] = static_cast<{{kernel.dtype(Y)}}>(out);
+                Y[mm * N + n0 + r] = static_cast<{{kernel.dtype(Y)}}>(out);
             }
-        }
     }
 {%- if epilogue_nodes %}
     // --- fused epilogue nodes (activation, residual, ...) over the whole output ---
     {{ store_epilogue() }}
 {%- endif %}
+#undef IQ_PATH_BF16
+#undef IQ_X_READY
 }

@@ -7,8 +7,11 @@ nodes (an activation, a residual add) are fused by Inductor's scheduler as epilo
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+import torch
+
+from torch._inductor.utils import parallel_num_threads
 
 from ..._compat import inductor_internals
 
@@ -18,27 +21,24 @@ _SOURCE = (Path(__file__).parent / "int8_gemv.cpp").read_text()
 # Largest M the template is offered for: it re-reads the activations once per row block, which stops paying
 # off once M is a prefill-sized batch (there Inductor's blocked GEMM or a dense GEMM wins).
 MAX_M = 32
-# Rows of W per block and the K chunk widened at a time: 4 rows keep 4 weight streams in flight and use
-# 4 x 4 accumulators; 4 x 512 fp32 = 8 KiB of widened weights stays in L1 (48 KiB) with the activations.
-ROWS_PER_BLOCK = 4
-K_CHUNK = 512
+# The kernel walks K in steps of this many values (one 32-byte run per weight row); K must be a multiple.
+K_STEP = 32
 
 
 class CppInt8GemvTemplate(_I.CppTemplate):
     """``Y = (X @ W.T) * S (+ B)`` for small M, with X ``[M, K]`` float, W ``[N, K]`` int8, S / B ``[N]``."""
 
-    def __init__(self, input_nodes, layout, has_bias: bool, num_threads: int):
+    def __init__(self, input_nodes, layout, has_bias: bool, packed: bool, n: int, num_threads: int):
         super().__init__("inductor_quant_int8_gemv", input_nodes, layout, num_threads)
         self.has_bias = has_bias
+        self.packed = packed
+        self.n = n
 
     @classmethod
-    def add_choice(cls, choices: list, layout, input_nodes: list, has_bias: bool) -> None:
-        num_threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or _I.config.cpp.threads
-        if num_threads < 1:
-            from torch._inductor.utils import parallel_num_threads
-
-            num_threads = parallel_num_threads()
-        template = cls(input_nodes, layout, has_bias, num_threads)
+    def add_choice(cls, choices: list, layout, input_nodes: list, *, has_bias: bool, packed: bool, n: int) -> None:
+        """Append the template for ``input_nodes = [X, W, S(, B)]``; W is ``[N, K]`` or, if ``packed``, the blocked
+        layout of ``primitives.pack_int8_blocked``."""
+        template = cls(input_nodes, layout, has_bias, packed, n, parallel_num_threads())
         choices.append(template.generate())
 
     def render(self, kernel, template_buffer_node=None, flag_template_buffer_has_other_users=None,
@@ -47,7 +47,7 @@ class CppInt8GemvTemplate(_I.CppTemplate):
         B = rest[0] if self.has_bias else None
         Y = template_buffer_node if template_buffer_node is not None else self.output_node
         m, k = (int(s) for s in X.get_size())
-        n = int(W.get_size()[0])
+        n = self.n
 
         def store_epilogue() -> str:
             # Rendered after def_kernel, so the epilogue reads Y through the kernel's own argument.
@@ -58,9 +58,11 @@ class CppInt8GemvTemplate(_I.CppTemplate):
             template=self,
             X=X, W=W, S=S, B=B, Y=Y,
             M=m, N=n, K=k,
-            NR=ROWS_PER_BLOCK, KC=K_CHUNK,
-            prefix="iq_",
-            aliases=None,
+            # see the layout note at the top of int8_gemv.cpp
+            row_stride=K_STEP if self.packed else k,
+            step_stride=4 * K_STEP if self.packed else K_STEP,
+            x_is_bf16=X.get_dtype() == torch.bfloat16,
+            x_is_f32=X.get_dtype() == torch.float32,
             num_threads=self.num_threads,
             export_declaration="",
             epilogue_nodes=epilogue_nodes,

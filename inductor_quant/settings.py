@@ -1,0 +1,15 @@
+"""Package switches, read from the environment each time they are used (no global Inductor config is touched).
+
+INDUCTOR_QUANT_INT8_KERNEL: offer only this int8 choice (``aten``, ``dequant_mm``, ``int8_gemv``, ``cpp_gemm``)
+    instead of autotuning among all of them. For tests, debugging and benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+
+INT8_KERNEL_ENV = "INDUCTOR_QUANT_INT8_KERNEL"
+
+
+def forced_int8_kernel() -> str | None:
+    return os.environ.get(INT8_KERNEL_ENV) or None
