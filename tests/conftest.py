@@ -1,0 +1,72 @@
+"""Shared test helpers: fresh compiles, generated code, per-dtype tolerances, tiny models."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+from torch._inductor.utils import fresh_cache, run_and_get_code
+
+import inductor_quant  # noqa: F401  (registers the ops and the subclass)
+from inductor_quant.lowerings import int8 as int8_lowering
+
+# Tolerances for a kernel vs the fp32 reference (`primitives.int8_linear_reference`), per output dtype:
+# fp32 differs only by summation order; bf16 / fp16 by one or two roundings of the output.
+TOLERANCES = {
+    torch.float32: dict(atol=1e-4, rtol=1e-4),
+    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+}
+
+
+def verify(actual: torch.Tensor, expected: torch.Tensor, precision: torch.dtype | None = None) -> None:
+    """Compare with the tolerance of ``precision`` (default: the output dtype); pass the activation dtype when a
+    kernel computes in it and only then widens the output."""
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    torch.testing.assert_close(actual.float(), expected.float(), **TOLERANCES[precision or actual.dtype])
+
+
+@pytest.fixture(autouse=True)
+def _fresh_compile_state():
+    """Every test compiles from scratch: no Dynamo cache, no FX-graph cache hit, no remembered tuning."""
+    torch._dynamo.reset()
+    counters.clear()
+    int8_lowering.reset_tuning_cache()
+    with fresh_cache():
+        yield
+    torch._dynamo.reset()
+
+
+def compile_and_run(model, *args, backend="quant_inductor", options=None, grad=False):
+    """Compile ``model`` and run it once; returns (output, generated wrapper+kernel source)."""
+    compiled = torch.compile(model, backend=backend, options=options)
+    with torch.set_grad_enabled(grad):
+        out, code = run_and_get_code(compiled, *args)
+    return out, "\n".join(code)
+
+
+_CONSTANT = re.compile(r"(_frozen_param\d+\w*|constant\d+) = rand_strided\(\(([\d, ]*)\),.*dtype=torch\.(\w+)\)")
+_BYTES = {"int8": 1, "uint8": 1, "bfloat16": 2, "float16": 2, "float32": 4, "int64": 8}
+
+
+def constant_bytes(code: str) -> dict[str, int]:
+    """Bytes of the constants a compiled (frozen) graph holds, per dtype, read off its generated code."""
+    total: dict[str, int] = {}
+    for _, shape, dtype in _CONSTANT.findall(code):
+        numel = 1
+        for s in filter(None, (p.strip() for p in shape.split(","))):
+            numel *= int(s)
+        total[dtype] = total.get(dtype, 0) + numel * _BYTES[dtype]
+    return total
+
+
+def int8_weight(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A float weight ~ N(0, 1/K) and its int8 per-channel quantization (qdata, fp32 scale)."""
+    from inductor_quant.primitives import quantize_int8_per_channel
+
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) / k**0.5
+    q, s = quantize_int8_per_channel(w)
+    return w, q, s

@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+import inductor_quant  # noqa: F401
+from inductor_quant.primitives import int8_linear_reference, pack_int8_blocked
+
+op = torch.ops.inductor_quant.int8_weight_linear
+packed_op = torch.ops.inductor_quant.int8_weight_linear_packed
+
+
+def _args(m=5, n=65, k=96, dtype=torch.bfloat16, bias=True):
+    x = torch.randn(m, k, dtype=dtype)
+    q = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    s = torch.rand(n) / 100
+    b = torch.randn(n, dtype=dtype) if bias else None
+    return x, q, s, b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_opcheck(dtype):
+    x, q, s, b = _args(dtype=dtype)
+    torch.library.opcheck(op, (x, q, s, b), {"out_dtype": None})
+    torch.library.opcheck(packed_op, (x, pack_int8_blocked(q), s, b, torch.float32, q.shape[0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("out_dtype", [None, torch.float32])
+def test_eager_op_matches_reference(dtype, out_dtype):
+    from conftest import verify
+
+    x, q, s, b = _args(dtype=dtype)
+    expected = int8_linear_reference(x, q, s, b, out_dtype)
+    verify(op(x, q, s, b, out_dtype=out_dtype), expected, precision=dtype)
+    verify(packed_op(x, pack_int8_blocked(q), s, b, out_dtype, 65), expected, precision=dtype)
+
+
+def test_op_gradient_matches_float_linear():
+    x, q, s, b = _args(dtype=torch.float32)
+    x.requires_grad_(True)
+    b.requires_grad_(True)
+    op(x, q, s, b).pow(2).sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    b2 = b.detach().clone().requires_grad_(True)
+    torch.nn.functional.linear(x2, q.float() * s[:, None], b2).pow(2).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b.grad, b2.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: (a[0][0], *a[1:]), r"x must be a 2-D tensor.*shape \(96,\)"),
+        (lambda a: (a[0], a[1].float(), *a[2:]), r"qweight must be a 2-D int8 .*torch.float32"),
+        (lambda a: (a[0][:, :64], *a[1:]), r"K=64 .* K=96"),
+        (lambda a: (a[0], a[1], a[2][:3], a[3]), r"scale must be a \[65\] .*\(3,\)"),
+        (lambda a: (a[0], a[1], a[2], a[3][:7]), r"bias must be a \[65\] .*\(7,\)"),
+    ],
+)
+def test_bad_arguments_name_the_value(change, message):
+    with pytest.raises(ValueError, match=message):
+        op(*change(_args()))

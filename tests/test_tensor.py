@@ -1,0 +1,111 @@
+"""The int8 weight subclass: eager numerics, the kernel it runs, serialization, torch.compile traceability."""
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import inductor_quant as iq
+from inductor_quant.primitives import int8_linear_reference, sqnr
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _quantized_linear(dtype, bias=True, k=256, n=65):
+    torch.manual_seed(0)
+    lin = nn.Linear(k, n, bias=bias).to(dtype)
+    ref = nn.Linear(k, n, bias=bias).to(dtype)
+    ref.load_state_dict(lin.state_dict())
+    iq.quantize_(lin, iq.Int8WeightOnlyConfig())
+    return lin, ref
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 256), (5, 256), (2, 3, 256)])
+def test_eager_forward_matches_float_layer(dtype, shape):
+    lin, ref = _quantized_linear(dtype)
+    x = torch.randn(*shape, dtype=dtype)
+    with torch.no_grad():
+        y, y_ref = lin(x), ref(x)
+    assert y.shape == y_ref.shape and y.dtype == dtype
+    # reference 1: the float layer (quantization error only) -- SQNR >= 35 dB
+    assert sqnr(y_ref, y) >= 35
+    # reference 2: the exact int8 math in fp32
+    w = lin.weight
+    expected = int8_linear_reference(x.reshape(-1, 256), w.qdata, w.scale, lin.bias).reshape(y.shape)
+    from conftest import verify
+
+    verify(y, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_eager_forward_runs_the_int8_kernel_not_a_float_weight(dtype, monkeypatch):
+    lin, _ = _quantized_linear(dtype)
+
+    def no_float_weight(*args, **kwargs):
+        raise AssertionError("eager forward materialized a float weight")
+
+    monkeypatch.setattr(iq.Int8WeightTensor, "dequantize", no_float_weight)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        lin(torch.randn(4, 256, dtype=dtype))
+    names = {e.name for e in prof.events()}
+    assert "inductor_quant::int8_weight_linear" in names and "aten::_weight_int8pack_mm" in names, names
+    assert "aten::mm" not in names, names
+
+
+def test_backward_reaches_the_input_through_the_frozen_weight():
+    lin, ref = _quantized_linear(torch.float32, bias=True)
+    x = torch.randn(3, 256, requires_grad=True)
+    lin(x).sum().backward()
+    w = lin.weight.dequantize()
+    torch.testing.assert_close(x.grad, torch.ones(3, 65) @ w, atol=1e-4, rtol=1e-4)
+
+
+def test_state_dict_round_trip_is_exact():
+    lin, _ = _quantized_linear(torch.bfloat16)
+    other, _ = _quantized_linear(torch.bfloat16)
+    other.weight.qdata.zero_()
+    other.load_state_dict(lin.state_dict())
+    torch.testing.assert_close(other.weight.qdata, lin.weight.qdata, atol=0, rtol=0)
+    torch.testing.assert_close(other.weight.scale, lin.weight.scale, atol=0, rtol=0)
+
+
+def test_torch_save_load_weights_only():
+    lin, _ = _quantized_linear(torch.float16)
+    buf = io.BytesIO()
+    torch.save(lin.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf, weights_only=True)
+    w = sd["weight"]
+    assert isinstance(w, iq.Int8WeightTensor) and w.dtype == torch.float16
+    torch.testing.assert_close(w.qdata, lin.weight.qdata, atol=0, rtol=0)
+    torch.testing.assert_close(w.scale, lin.weight.scale, atol=0, rtol=0)
+
+
+def test_module_to_dtype_keeps_int8_data():
+    lin, _ = _quantized_linear(torch.float32)
+    q = lin.weight.qdata.clone()
+    lin.to(torch.bfloat16)
+    assert isinstance(lin.weight, iq.Int8WeightTensor) and lin.weight.dtype == torch.bfloat16
+    torch.testing.assert_close(lin.weight.qdata, q, atol=0, rtol=0)
+
+
+def test_unsupported_op_names_itself():
+    lin, _ = _quantized_linear(torch.float32)
+    with pytest.raises(NotImplementedError, match="aten.sin"):
+        torch.sin(lin.weight)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_subclass_compiles_without_graph_breaks(dtype):
+    lin, _ = _quantized_linear(dtype)
+    model = nn.Sequential(lin, nn.ReLU())
+    x = torch.randn(2, 3, 256, dtype=dtype)
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    with torch.no_grad():
+        y = torch.compile(model, backend="aot_eager", fullgraph=True)(x)
+        from conftest import verify
+
+        verify(y, model(x))
