@@ -93,6 +93,7 @@ inline void iq_dot_scalar(const int8_t* const* wr, int64_t KS, int64_t K, const 
 extern "C" {{export_declaration}}
 {{kernel.def_kernel(inputs={"X": X, "W": W, "S": S, "B": B}, outputs={"Y": Y}, aliases=None)}}
 {
+    // inductor_quant int8_gemv: M={{M}} N={{N}} K={{K}} weight={{ "packed" if packed else "row-major" }} bias={{ B is not none }}
     constexpr int64_t M = {{M}};
     constexpr int64_t N = {{N}};
     constexpr int64_t K = {{K}};             // a multiple of IQ_KSTEP

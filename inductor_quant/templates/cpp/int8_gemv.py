@@ -51,7 +51,10 @@ class CppInt8GemvTemplate(_I.CppTemplate):
 
         def store_epilogue() -> str:
             # Rendered after def_kernel, so the epilogue reads Y through the kernel's own argument.
-            return kernel.store_output(epilogue_nodes[-1], Y, orig_src=Y, epilogue_nodes=epilogue_nodes)
+            # the epilogue may see the output as [..., N] (a 3-D activation): give it Y viewed in its shape
+            dst = epilogue_nodes[-1]
+            src = Y if list(dst.get_size()) == list(Y.get_size()) else kernel.view(Y, dst.get_size())
+            return kernel.store_output(dst, src, orig_src=Y, epilogue_nodes=epilogue_nodes)
 
         options = dict(
             kernel=kernel,
@@ -59,6 +62,7 @@ class CppInt8GemvTemplate(_I.CppTemplate):
             X=X, W=W, S=S, B=B, Y=Y,
             M=m, N=n, K=k,
             # see the layout note at the top of int8_gemv.cpp
+            packed=self.packed,
             row_stride=K_STEP if self.packed else k,
             step_stride=4 * K_STEP if self.packed else K_STEP,
             x_is_bf16=X.get_dtype() == torch.bfloat16,
