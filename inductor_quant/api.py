@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
 from .configs import Int8WeightOnlyConfig
@@ -45,7 +44,9 @@ def quantize_(
     """
     handler = _HANDLERS.get(type(config))
     if handler is None:
-        raise TypeError(f"no quantization handler for config {config!r}; known: {[t.__name__ for t in _HANDLERS]}")
+        raise TypeError(
+            f"no quantization handler for config {config!r}; known: {[t.__name__ for t in _HANDLERS]}"
+        )
     filter_fn = filter_fn or _is_linear
     count = 0
     for fqn, module in list(model.named_modules()):

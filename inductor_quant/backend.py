@@ -64,7 +64,11 @@ def quant_inductor(
     if prepack:
         patches.setdefault("post_grad_custom_post_pass", prepack_pass())
     compiled = compile_fx(gm, [example_inputs[i] for i in kept], config_patches=patches)
-    log.debug("freezing: %d of %d graph inputs became constants", len(example_inputs) - len(kept), len(example_inputs))
+    log.debug(
+        "freezing: %d of %d graph inputs became constants",
+        len(example_inputs) - len(kept),
+        len(example_inputs),
+    )
 
     # Dynamo builds the call from the placeholders left in `gm`: lifted inputs are no longer passed.
     return compiled
@@ -79,7 +83,9 @@ def _lift_module_state_to_attributes(gm: torch.fx.GraphModule, example_inputs: S
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     kept = []
     for i, (node, value) in enumerate(zip(placeholders, example_inputs, strict=True)):
-        is_state = isinstance(value, torch.Tensor) and getattr(value, "_dynamo_static_input_type", None) is not None
+        is_state = (
+            isinstance(value, torch.Tensor) and getattr(value, "_dynamo_static_input_type", None) is not None
+        )
         if not is_state or not node.users:
             kept.append(i)
             continue

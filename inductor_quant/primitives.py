@@ -14,14 +14,18 @@ def quantize_int8_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch
     Returns ``qdata`` (int8, ``[N, K]``) and ``scale`` (float32, ``[N]``) with ``weight ≈ qdata * scale[:, None]``.
     """
     if weight.dim() != 2 or not weight.is_floating_point():
-        raise ValueError(f"expected a 2-D floating point weight, got shape {tuple(weight.shape)} of {weight.dtype}")
+        raise ValueError(
+            f"expected a 2-D floating point weight, got shape {tuple(weight.shape)} of {weight.dtype}"
+        )
     w = weight.detach().float()
     scale = (w.abs().amax(dim=1) / INT8_QMAX).clamp_min(SCALE_EPS)
     qdata = torch.round(w / scale[:, None]).clamp_(-INT8_QMAX, INT8_QMAX).to(torch.int8)
     return qdata, scale
 
 
-def dequantize_int8(qdata: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def dequantize_int8(
+    qdata: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """``qdata * scale[:, None]``, computed in fp32 and cast to ``dtype``."""
     return (qdata.float() * scale.float()[:, None]).to(dtype)
 

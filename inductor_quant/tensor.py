@@ -34,7 +34,9 @@ class QuantizedWeightTensor(torch.Tensor):
     def __new__(cls, *tensors: torch.Tensor, dtype: torch.dtype, transposed: bool = False, **attrs):
         first = tensors[0]
         shape = first.shape[::-1] if transposed else first.shape
-        return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=first.device, requires_grad=False)
+        return torch.Tensor._make_wrapper_subclass(
+            cls, shape, dtype=dtype, device=first.device, requires_grad=False
+        )
 
     def __init__(self, *tensors: torch.Tensor, dtype: torch.dtype, transposed: bool = False, **attrs):
         for name, t in zip(self.tensor_data_names, tensors, strict=True):
@@ -63,10 +65,19 @@ class QuantizedWeightTensor(torch.Tensor):
         return cls(*(inner[n] for n in cls.tensor_data_names), dtype=dtype, transposed=transposed, **attrs)
 
     def __reduce_ex__(self, protocol):
-        return _rebuild_quantized_weight, (type(self), self._tensors(), self.dtype, self.transposed, self._attrs())
+        return _rebuild_quantized_weight, (
+            type(self),
+            self._tensors(),
+            self.dtype,
+            self.transposed,
+            self._attrs(),
+        )
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={tuple(t.shape)}:{t.dtype}" for n, t in zip(self.tensor_data_names, self._tensors()))
+        fields = ", ".join(
+            f"{n}={tuple(t.shape)}:{t.dtype}"
+            for n, t in zip(self.tensor_data_names, self._tensors(), strict=True)
+        )
         return f"{type(self).__name__}(shape={tuple(self.shape)}, dtype={self.dtype}, {fields}, transposed={self.transposed})"
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -147,7 +158,12 @@ def _(func, args, kwargs):
     if isinstance(w, Int8WeightTensor) and w.transposed and not isinstance(x, QuantizedWeightTensor):
         return torch.ops.inductor_quant.int8_weight_linear(x, w.qdata, w.scale)
     # Any other product (e.g. grad @ w in a backward) is correct but not an int8 kernel.
-    return func(*(a.dequantize(x.dtype if a is w else w.dtype) if isinstance(a, Int8WeightTensor) else a for a in args))
+    return func(
+        *(
+            a.dequantize(x.dtype if a is w else w.dtype) if isinstance(a, Int8WeightTensor) else a
+            for a in args
+        )
+    )
 
 
 @implements(aten.addmm.default)
@@ -173,7 +189,9 @@ def _(func, args, kwargs):
 def _(func, args, kwargs):
     dst, src = args
     if not isinstance(src, Int8WeightTensor) or src.transposed != dst.transposed or src.shape != dst.shape:
-        raise ValueError(f"can only copy an Int8WeightTensor of shape {tuple(dst.shape)} into one, got {src!r}")
+        raise ValueError(
+            f"can only copy an Int8WeightTensor of shape {tuple(dst.shape)} into one, got {src!r}"
+        )
     dst.qdata.copy_(src.qdata)
     dst.scale.copy_(src.scale)
     return dst
@@ -182,8 +200,10 @@ def _(func, args, kwargs):
 @implements(aten.equal.default)
 def _(func, args, kwargs):
     a, b = args
-    return type(a) is type(b) and a.transposed == b.transposed and all(
-        torch.equal(x, y) for x, y in zip(a._tensors(), b._tensors())
+    return (
+        type(a) is type(b)
+        and a.transposed == b.transposed
+        and all(torch.equal(x, y) for x, y in zip(a._tensors(), b._tensors(), strict=True))
     )
 
 

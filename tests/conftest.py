@@ -47,7 +47,9 @@ def compile_and_run(model, *args, backend="quant_inductor", options=None, grad=F
     return out, "\n".join(code)
 
 
-_CONSTANT = re.compile(r"(_frozen_param\d+\w*|constant\d+) = rand_strided\(\(([\d, ]*)\),.*dtype=torch\.(\w+)\)")
+_CONSTANT = re.compile(
+    r"(_frozen_param\d+\w*|constant\d+) = rand_strided\(\(([\d, ]*)\),.*dtype=torch\.(\w+)\)"
+)
 _BYTES = {"int8": 1, "uint8": 1, "bfloat16": 2, "float16": 2, "float32": 4, "int64": 8}
 
 

@@ -1,13 +1,14 @@
 """Lowering of ``inductor_quant::int8_weight_linear`` (stage 5 of the pipeline): offer the kernels, autotune, pick.
 
-Choices, aten fallback first:
+Decode (static M <= ``MAX_M``): autotuned among, aten fallback first,
   * ``aten``: the op's eager implementation (``_weight_int8pack_mm`` + bias);
-  * ``dequant_mm``: widen the int8 weight to the activation dtype (exact) and run the dense GEMM, then scale:
-    the prefill choice, since the dense GEMM is the fastest large-M kernel on the machine;
-  * ``int8_gemv`` CPP template (``templates/cpp/int8_gemv.cpp``): the decode choice, streams W once;
-  * Inductor's ``CppGemmTemplate`` with the scale (and bias) as its epilogue, when W is a constant (freezing) and
-    the activations are bf16.
-Identical problems (same M, N, K, dtypes, bias) are tuned once per process: the winner is remembered.
+  * ``int8_gemv``: the CPP template of ``templates/cpp/int8_gemv.cpp`` on the row-major weight, scale and bias
+    fused (frozen weights of decode graphs are prepacked before this and take its packed variant).
+  Identical problems (same M, N, K, dtypes, bias) are tuned once per process: the winner is remembered.
+Prefill (M > ``MAX_M``, or M dynamic): ``dequant_mm`` (``ops.int8_dequant_mm``): the weight is widened to the
+  activation dtype one chunk of rows at a time (exact for int8), each chunk multiplied by the dense GEMM and scaled
+  while it is hot in cache. The float weight is never whole, never stored. aten's kernel is not offered there: it is
+  a GEMV-style loop, ~4x slower than the dense GEMM at M >= 256 on this class of machine (benchmarks/).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from .._compat import inductor_internals
-from ..ops import int8_weight_linear
+from ..ops import int8_dequant_mm, int8_weight_linear
 from ..settings import forced_int8_kernel
 from ..templates.cpp.int8_gemv import K_STEP, MAX_M, CppInt8GemvTemplate
 
@@ -31,17 +32,14 @@ def _aten_int8_linear(x, qweight, scale, bias=None, *, out_dtype=None):
     return int8_weight_linear(x, qweight, scale, bias, out_dtype)
 
 
-def _dequant_mm(x, qweight, scale, bias=None, *, out_dtype=None):
-    out = torch.mm(x, qweight.to(x.dtype).t()).float().mul_(scale.float())
-    if bias is not None:
-        out.add_(bias.float())
-    return out.to(out_dtype or x.dtype)
+aten_choice = _I.ExternKernelChoice(
+    _aten_int8_linear, name="inductor_quant_int8_linear_aten", has_out_variant=False
+)
+dequant_mm_choice = _I.ExternKernelChoice(
+    int8_dequant_mm, name="inductor_quant_int8_dequant_mm", has_out_variant=False
+)
 
-
-aten_choice = _I.ExternKernelChoice(_aten_int8_linear, name="inductor_quant_int8_linear_aten", has_out_variant=False)
-dequant_mm_choice = _I.ExternKernelChoice(_dequant_mm, name="inductor_quant_int8_dequant_mm", has_out_variant=False)
-
-# (M, N, K, x dtype, scale dtype, bias dtype, out dtype, weight is constant) -> name of the winning choice
+# (M, N, K, input dtypes..., out dtype) -> name of the winning choice, for this process
 _tuned: dict[tuple, str] = {}
 
 
@@ -49,65 +47,88 @@ def reset_tuning_cache() -> None:
     _tuned.clear()
 
 
-def _problem_key(x, w, scale, bias, out_dtype) -> tuple:
-    sizes = tuple(int(s) for s in (*x.get_size(), w.get_size()[0]))
-    return (*sizes, x.get_dtype(), scale.get_dtype(), bias.get_dtype() if bias is not None else None, out_dtype,
-            _is_constant(w))
-
-
-def _is_constant(node) -> bool:
-    return node.get_name() in _I.V.graph.constants
-
-
 @L.register_lowering(torch.ops.inductor_quant.int8_weight_linear.default, type_promotion_kind=None)
 def int8_weight_linear_lowering(x, qweight, scale, bias=None, *, out_dtype=None, layout=None):
     out_dtype = out_dtype or x.get_dtype()
-    m, n, k, layout, mat1, mat2 = _I.mm_args(x, qweight, layout=layout, out_dtype=out_dtype, mat2_transposed=True)
+    m, n, k, layout, mat1, mat2 = _I.mm_args(
+        x, qweight, layout=layout, out_dtype=out_dtype, mat2_transposed=True
+    )
     if mat2.get_dtype() != torch.int8:
-        raise TypeError(f"int8_weight_linear: qweight must be int8, got {mat2.get_dtype()} (x is {mat1.get_dtype()})")
+        raise TypeError(
+            f"int8_weight_linear: qweight must be int8, got {mat2.get_dtype()} (x is {mat1.get_dtype()})"
+        )
+    forced = forced_int8_kernel()
     mat1 = _I.ir.ExternKernel.require_contiguous(mat1)
     mat2 = _I.ir.ExternKernel.require_contiguous(mat2)
-    scale = _I.realize_inputs(scale)
-    inputs = [mat1, mat2, scale] + ([_I.realize_inputs(bias)] if bias is not None else [])
-    choices = _choices(inputs, layout, out_dtype, has_bias=bias is not None, scale_tb=scale, bias_tb=bias)
-
-    forced = forced_int8_kernel()
-    if forced is not None:
-        if forced not in [name for name, _ in choices]:
-            raise ValueError(f"INDUCTOR_QUANT_INT8_KERNEL={forced!r} is not offered for this problem; offered: "
-                             f"{[name for name, _ in choices]}")
-        choices = [(name, c) for name, c in choices if name == forced]
-    key = _problem_key(mat1, mat2, scale, bias, out_dtype)
-    if key in _tuned:
-        remembered = [c for name, c in choices if name == _tuned[key]]
-        if remembered:
-            log.info("int8_weight_linear M=%s N=%s K=%s: reusing tuned choice %s", m, n, k, _tuned[key])
-            choices = [(name, c) for name, c in choices if name == _tuned[key]]
-    counters["inductor_quant"]["int8_lowered"] += 1
-    names = [name for name, _ in choices]
-    out, winner = _I.autotune_select_algorithm(
-        "inductor_quant_int8_weight_linear", [c for _, c in choices], inputs, layout
+    inputs = [mat1, mat2, _I.realize_inputs(scale)] + ([_I.realize_inputs(bias)] if bias is not None else [])
+    key = (m, n, k, *(t.get_dtype() for t in inputs), out_dtype)
+    if forced == "dequant_mm" or (forced is None and not _is_decode(mat1)):
+        choices = {"dequant_mm": dequant_mm_choice.bind(inputs, layout, out_dtype=out_dtype)}
+        return _select("inductor_quant_int8_weight_linear", choices, inputs, layout, forced, key)
+    choices = {"aten": aten_choice.bind(inputs, layout, out_dtype=out_dtype)}
+    if _gemv_applies(mat1, mat2):
+        gemv: list = []
+        CppInt8GemvTemplate.add_choice(
+            gemv, layout, inputs, has_bias=bias is not None, packed=False, n=int(n)
+        )
+        choices["int8_gemv"] = gemv[0]
+    return _select(
+        "inductor_quant_int8_weight_linear",
+        choices,
+        inputs,
+        layout,
+        forced,
+        key=(int(m), int(n), int(k), *(t.get_dtype() for t in inputs), out_dtype),
     )
-    chosen = names[[c for _, c in choices].index(winner)] if winner in [c for _, c in choices] else names[0]
+
+
+def _select(name: str, choices: dict, inputs: list, layout, forced: str | None, key: tuple):
+    """Autotune among ``choices`` (name -> ChoiceCaller); a problem seen before reuses its winner untimed."""
+    if forced is not None:
+        if forced not in choices:
+            raise ValueError(
+                f"INDUCTOR_QUANT_INT8_KERNEL={forced!r} is not offered for {name} {key}; "
+                f"offered: {list(choices)}"
+            )
+        choices = {forced: choices[forced]}
+    remembered = _tuned.get(key)
+    if remembered in choices and len(choices) > 1:
+        log.info("%s %s: reusing the tuned choice %s", name, key[:3], remembered)
+        choices = {remembered: choices[remembered]}
+    _install_timing_log()
+    out, winner = _I.autotune_select_algorithm(name, list(choices.values()), inputs, layout)
+    chosen = next((n for n, c in choices.items() if c is winner), next(iter(choices)))
     _tuned[key] = chosen
+    counters["inductor_quant"]["int8_lowered"] += 1
     counters["inductor_quant"][f"int8_kernel_{chosen}"] += 1
-    log.info("int8_weight_linear M=%s N=%s K=%s x=%s: offered %s, chose %s", m, n, k, mat1.get_dtype(), names, chosen)
+    log.info("%s M=%s N=%s K=%s x=%s: offered %s, chose %s", name, *key[:3], key[3], list(choices), chosen)
     return out
 
 
-def _choices(inputs, layout, out_dtype, *, has_bias, scale_tb, bias_tb) -> list[tuple[str, object]]:
-    mat1, mat2 = inputs[0], inputs[1]
-    kwargs = {"out_dtype": out_dtype}
-    choices = [
-        ("aten", aten_choice.bind(inputs, layout, **kwargs)),
-        ("dequant_mm", dequant_mm_choice.bind(inputs, layout, **kwargs)),
-    ]
-    if _gemv_applies(mat1, mat2):
-        gemv: list = []
-        n = int(mat2.get_size()[0])
-        CppInt8GemvTemplate.add_choice(gemv, layout, inputs, has_bias=has_bias, packed=False, n=n)
-        choices += [("int8_gemv", c) for c in gemv]
-    return choices
+_timing_log_installed = False
+
+
+def _install_timing_log() -> None:
+    """Log the autotune timings of this package's choices (other autotunes are not looked at)."""
+    global _timing_log_installed
+    if _timing_log_installed:
+        return
+
+    def log_timings(timings, name, input_nodes, choices, profiled_time_fn) -> None:
+        if name.startswith("inductor_quant") and log.isEnabledFor(logging.DEBUG):
+            shapes = [list(n.get_size()) for n in input_nodes]
+            ranked = sorted(timings.items(), key=lambda kv: kv[1])
+            log.debug(
+                "autotune %s %s: %s", name, shapes, ", ".join(f"{c.name} {t * 1e3:.1f} us" for c, t in ranked)
+            )
+
+    _I.add_feedback_saver(log_timings)
+    _timing_log_installed = True
+
+
+def _is_decode(mat1) -> bool:
+    m = mat1.get_size()[0]
+    return (isinstance(m, int) or m.is_number) and int(m) <= MAX_M
 
 
 def _gemv_applies(mat1, mat2) -> bool:
@@ -120,7 +141,9 @@ def _gemv_applies(mat1, mat2) -> bool:
 
 
 @L.register_lowering(torch.ops.inductor_quant.int8_weight_linear_packed.default, type_promotion_kind=None)
-def int8_weight_linear_packed_lowering(x, packed_weight, scale, bias, out_dtype, out_features, *, layout=None):
+def int8_weight_linear_packed_lowering(
+    x, packed_weight, scale, bias, out_dtype, out_features, *, layout=None
+):
     """The prepack pass only packs decode-shaped problems, so the GEMV template is the one choice."""
     out_dtype = out_dtype or x.get_dtype()
     x = _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(x))
@@ -129,11 +152,15 @@ def int8_weight_linear_packed_lowering(x, packed_weight, scale, bias, out_dtype,
     inputs = [x, _I.realize_inputs(packed_weight), _I.realize_inputs(scale)]
     if bias is not None:
         inputs.append(_I.realize_inputs(bias))
-    choices: list = []
-    CppInt8GemvTemplate.add_choice(choices, layout, inputs, has_bias=bias is not None, packed=True, n=out_features)
-    counters["inductor_quant"]["int8_lowered"] += 1
-    counters["inductor_quant"]["int8_kernel_int8_gemv_packed"] += 1
-    log.info("int8_weight_linear_packed M=%s N=%s K=%s x=%s: prepacked weight, kernel int8_gemv", m, out_features, k,
-             x.get_dtype())
-    out, _ = _I.autotune_select_algorithm("inductor_quant_int8_weight_linear_packed", choices, inputs, layout)
-    return out
+    gemv: list = []
+    CppInt8GemvTemplate.add_choice(
+        gemv, layout, inputs, has_bias=bias is not None, packed=True, n=out_features
+    )
+    return _select(
+        "inductor_quant_int8_weight_linear_packed",
+        {"int8_gemv_packed": gemv[0]},
+        inputs,
+        layout,
+        None,
+        key=(m, out_features, k, *(t.get_dtype() for t in inputs), out_dtype),
+    )

@@ -41,12 +41,20 @@ def prepack_int8_weights(graph: Graph) -> int:
         out_dtype = node.kwargs.get("out_dtype")
         m = _static_rows(x)
         if w.op != "get_attr":
-            log.debug("not prepacked: %s: weight %s is a graph input, not a frozen constant", node.name, w.name)
+            log.debug(
+                "not prepacked: %s: weight %s is a graph input, not a frozen constant", node.name, w.name
+            )
             continue
         n, k = getattr(gm, w.target).shape
         if m is None or m > MAX_M or k % PACK_K_STEP:
-            log.debug("not prepacked: %s: M=%s (decode needs static M <= %d), K=%d (needs K %% %d == 0)",
-                      node.name, m, MAX_M, k, PACK_K_STEP)
+            log.debug(
+                "not prepacked: %s: M=%s (decode needs static M <= %d), K=%d (needs K %% %d == 0)",
+                node.name,
+                m,
+                MAX_M,
+                k,
+                PACK_K_STEP,
+            )
             continue
         if w.target not in packed_attrs:
             name = f"{w.target}_iq_packed"
@@ -54,16 +62,26 @@ def prepack_int8_weights(graph: Graph) -> int:
             packed_attrs[w.target] = name
         with graph.inserting_before(node):
             packed = graph.get_attr(packed_attrs[w.target])
-            packed.meta["val"] = torch.empty(getattr(gm, packed_attrs[w.target]).shape, dtype=torch.int8, device="meta")
+            packed.meta["val"] = torch.empty(
+                getattr(gm, packed_attrs[w.target]).shape, dtype=torch.int8, device="meta"
+            )
             new = graph.call_function(
-                torch.ops.inductor_quant.int8_weight_linear_packed.default, (x, packed, scale, bias, out_dtype, n)
+                torch.ops.inductor_quant.int8_weight_linear_packed.default,
+                (x, packed, scale, bias, out_dtype, n),
             )
         new.meta.update(node.meta)
         node.replace_all_uses_with(new)
         graph.erase_node(node)
         count += 1
         counters["inductor_quant"]["int8_prepacked"] += 1
-        log.info("prepacked %s: int8 weight %s [%d, %d] -> blocked decode layout (M=%d)", new.name, w.target, n, k, m)
+        log.info(
+            "prepacked %s: int8 weight %s [%d, %d] -> blocked decode layout (M=%d)",
+            new.name,
+            w.target,
+            n,
+            k,
+            m,
+        )
     for node in list(graph.nodes):
         if node.op == "get_attr" and not node.users and node.target in packed_attrs:
             graph.erase_node(node)

@@ -47,7 +47,11 @@ def _is_vector_of(node: Node, n: int) -> bool:
     """True when ``node`` is a float tensor holding exactly ``n`` values along its last dim (``[N]``, ``[1, N]``)."""
     v = _val(node)
     return (
-        isinstance(v, torch.Tensor) and v.dtype in FLOAT_DTYPES and v.numel() == n and v.dim() >= 1 and v.shape[-1] == n
+        isinstance(v, torch.Tensor)
+        and v.dtype in FLOAT_DTYPES
+        and v.numel() == n
+        and v.dim() >= 1
+        and v.shape[-1] == n
     )
 
 
@@ -83,8 +87,12 @@ def _match_scale_before(node: Node, n: int) -> tuple[Node, Node | None]:
         for deq, s in ((a, b), (b, a)):
             if _is(deq, prims.convert_element_type.default, aten._to_copy.default):
                 sv = _val(s)
-                if not (isinstance(sv, torch.Tensor) and sv.dtype in FLOAT_DTYPES and tuple(sv.shape) == (n, 1)):
-                    raise NoMatch(f"weight is scaled by a tensor of shape {tuple(getattr(sv, 'shape', ()))}, not [{n}, 1]")
+                if not (
+                    isinstance(sv, torch.Tensor) and sv.dtype in FLOAT_DTYPES and tuple(sv.shape) == (n, 1)
+                ):
+                    raise NoMatch(
+                        f"weight is scaled by a tensor of shape {tuple(getattr(sv, 'shape', ()))}, not [{n}, 1]"
+                    )
                 return _match_dequant(deq), s
         raise NoMatch("weight is a product that is not int8 weight * per-channel scale")
     return _match_dequant(node), None
@@ -92,7 +100,9 @@ def _match_scale_before(node: Node, n: int) -> tuple[Node, Node | None]:
 
 def _match_transposed_weight(mat2: Node) -> tuple[Node, Node | None]:
     """``F.linear(x, w)``, ``x @ w.t()``: mat2 is ``permute(w, [1, 0])`` of a (scaled) dequantized weight."""
-    if not (_is(mat2, aten.permute.default) and list(mat2.args[1]) == [1, 0]) and not _is(mat2, aten.t.default):
+    if not (_is(mat2, aten.permute.default) and list(mat2.args[1]) == [1, 0]) and not _is(
+        mat2, aten.t.default
+    ):
         raise NoMatch("mat2 is not a transposed weight")
     w = mat2.args[0]
     n = _val(w).shape[0]
@@ -116,11 +126,15 @@ def _match_scale_after(mm: Node, n: int) -> tuple[Node, Node, Node | None]:
     if _is(nxt, aten.view.default, aten.reshape.default, aten._unsafe_view.default):
         node, nxt = nxt, _single_user(nxt)
     if not _is(nxt, aten.mul.Tensor):
-        raise NoMatch("int8 weight has no per-channel scale: neither `w * scale[:, None]` nor `linear(...) * scale`")
+        raise NoMatch(
+            "int8 weight has no per-channel scale: neither `w * scale[:, None]` nor `linear(...) * scale`"
+        )
     a, b = nxt.args
     scale = b if a is node else a
     if not _is_vector_of(scale, n):
-        raise NoMatch(f"output is scaled by {tuple(getattr(_val(scale), 'shape', ()))}, not a per-channel [{n}] scale")
+        raise NoMatch(
+            f"output is scaled by {tuple(getattr(_val(scale), 'shape', ()))}, not a per-channel [{n}] scale"
+        )
     last, bias = nxt, None
     add = _single_user(nxt)
     if _is(add, aten.add.Tensor) and len(add.args) == 2 and add.kwargs.get("alpha", 1) == 1:
@@ -147,15 +161,21 @@ def match_int8_linear(mm: Node) -> Int8Linear:
     n = _val(qweight).shape[0]
     xv = _val(x)
     if xv.dtype not in FLOAT_DTYPES or xv.dtype != _val(mat2).dtype:
-        raise NoMatch(f"activation dtype {xv.dtype} does not match the dequantized weight's {_val(mat2).dtype}")
+        raise NoMatch(
+            f"activation dtype {xv.dtype} does not match the dequantized weight's {_val(mat2).dtype}"
+        )
     if len(mat2.args[0].users) != 1 or len(mat2.users) != 1:
         raise NoMatch("the dequantized weight has other users (e.g. a backward), so it would be built anyway")
     if scale_before is not None:
         if bias is not None and not _is_vector_of(bias, n):
             raise NoMatch(f"addmm bias of shape {tuple(_val(bias).shape)} is not a [{n}] vector")
-        return Int8Linear(x, qweight, scale_before, bias, mm, "scale_before" + ("_bias" if bias is not None else ""))
+        return Int8Linear(
+            x, qweight, scale_before, bias, mm, "scale_before" + ("_bias" if bias is not None else "")
+        )
     if bias is not None:
-        raise NoMatch("bias is added before the scale (`linear(x, w.to(dt), b) * scale`): the bias would be scaled too")
+        raise NoMatch(
+            "bias is added before the scale (`linear(x, w.to(dt), b) * scale`): the bias would be scaled too"
+        )
     scale, last, bias = _match_scale_after(mm, n)
     return Int8Linear(x, qweight, scale, bias, last, "scale_after" + ("_bias" if bias is not None else ""))
 
@@ -236,7 +256,11 @@ def _reads_int8(node: Node) -> bool:
 
 def _shapes(node: Node) -> str:
     vals = [_val(a) for a in node.all_input_nodes]
-    return "(" + ", ".join(f"{list(v.shape)}:{str(v.dtype).removeprefix('torch.')}" for v in vals if v is not None) + ")"
+    return (
+        "("
+        + ", ".join(f"{list(v.shape)}:{str(v.dtype).removeprefix('torch.')}" for v in vals if v is not None)
+        + ")"
+    )
 
 
 class _PackagePass(CustomGraphPass):

@@ -35,13 +35,15 @@ FORMS = {
     "torch_matmul": ("scale_after", lambda x, w, s, b: torch.matmul(x, w.to(x.dtype).t()) * s),
     "addmm": (
         "scale_before_bias",
-        lambda x, w, s, b: torch.addmm(b, x.reshape(-1, K), (w.to(x.dtype) * s.to(x.dtype)[:, None]).t()).reshape(
-            *x.shape[:-1], -1
-        ),
+        lambda x, w, s, b: torch.addmm(
+            b, x.reshape(-1, K), (w.to(x.dtype) * s.to(x.dtype)[:, None]).t()
+        ).reshape(*x.shape[:-1], -1),
     ),
     "weight_int8pack_mm": (
         "weight_int8pack_mm",
-        lambda x, w, s, b: torch._weight_int8pack_mm(x.reshape(-1, K), w, s.to(x.dtype)).reshape(*x.shape[:-1], -1),
+        lambda x, w, s, b: torch._weight_int8pack_mm(x.reshape(-1, K), w, s.to(x.dtype)).reshape(
+            *x.shape[:-1], -1
+        ),
     ),
 }
 
@@ -71,7 +73,9 @@ def _expected(model, name, x):
     q, s, b = model.parts(name)
     out = FORMS[name][1](x, q, s, b)
     x2 = x.reshape(-1, K)
-    scale = s.to(x.dtype) if name in ("scale_before", "scale_before_bias", "addmm", "weight_int8pack_mm") else s
+    scale = (
+        s.to(x.dtype) if name in ("scale_before", "scale_before_bias", "addmm", "weight_int8pack_mm") else s
+    )
     bias = b if FORMS[name][0].endswith("bias") else None
     return int8_linear_reference(x2, q, scale, bias, out.dtype).reshape(out.shape)
 
@@ -87,7 +91,11 @@ def test_every_form_is_rewritten_and_keeps_int8_weights(rank, act_dtype, scale_d
     want: dict[str, int] = {}
     for counter, _ in FORMS.values():
         want[counter] = want.get(counter, 0) + 1
-    got = {k.removeprefix("int8_rewrite_"): v for k, v in counters["inductor_quant"].items() if k.startswith("int8_rewrite_")}
+    got = {
+        k.removeprefix("int8_rewrite_"): v
+        for k, v in counters["inductor_quant"].items()
+        if k.startswith("int8_rewrite_")
+    }
     assert got == want
     # every linear became one GEMV kernel on a prepacked int8 weight; no dense matmul is left
     FileCheck().check_count("inductor_quant int8_gemv", len(FORMS), exactly=True).run(code)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from torch._inductor.utils import parallel_num_threads
 
 from ..._compat import inductor_internals
@@ -35,14 +34,22 @@ class CppInt8GemvTemplate(_I.CppTemplate):
         self.n = n
 
     @classmethod
-    def add_choice(cls, choices: list, layout, input_nodes: list, *, has_bias: bool, packed: bool, n: int) -> None:
+    def add_choice(
+        cls, choices: list, layout, input_nodes: list, *, has_bias: bool, packed: bool, n: int
+    ) -> None:
         """Append the template for ``input_nodes = [X, W, S(, B)]``; W is ``[N, K]`` or, if ``packed``, the blocked
         layout of ``primitives.pack_int8_blocked``."""
         template = cls(input_nodes, layout, has_bias, packed, n, parallel_num_threads())
         choices.append(template.generate())
 
-    def render(self, kernel, template_buffer_node=None, flag_template_buffer_has_other_users=None,
-               epilogue_nodes=None, **kwargs) -> str:
+    def render(
+        self,
+        kernel,
+        template_buffer_node=None,
+        flag_template_buffer_has_other_users=None,
+        epilogue_nodes=None,
+        **kwargs,
+    ) -> str:
         X, W, S, *rest = self.input_nodes
         B = rest[0] if self.has_bias else None
         Y = template_buffer_node if template_buffer_node is not None else self.output_node
@@ -59,8 +66,14 @@ class CppInt8GemvTemplate(_I.CppTemplate):
         options = dict(
             kernel=kernel,
             template=self,
-            X=X, W=W, S=S, B=B, Y=Y,
-            M=m, N=n, K=k,
+            X=X,
+            W=W,
+            S=S,
+            B=B,
+            Y=Y,
+            M=m,
+            N=n,
+            K=k,
             # see the layout note at the top of int8_gemv.cpp
             packed=self.packed,
             row_stride=K_STEP if self.packed else k,
