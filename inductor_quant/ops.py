@@ -34,33 +34,6 @@ def check_int8_linear_args(
         raise ValueError(f"bias must be a [{n}] float tensor, got shape {tuple(bias.shape)} of {bias.dtype}")
 
 
-@torch.library.custom_op("inductor_quant::int8_weight_linear", mutates_args=())
-def int8_weight_linear(
-    x: torch.Tensor,
-    qweight: torch.Tensor,
-    scale: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    out_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """``(x @ qweight.T) * scale + bias`` with int8 weights.
-
-    Args:
-        x: ``[M, K]`` activations, fp32 / bf16 / fp16.
-        qweight: ``[N, K]`` int8, row-major (one output channel per row).
-        scale: ``[N]`` per-output-channel scale, any float dtype; applied in fp32.
-        bias: optional ``[N]`` float bias, added in fp32 after the scale.
-        out_dtype: dtype of the ``[M, N]`` result; ``None`` means ``x.dtype``.
-
-    Eagerly this runs aten's int8 kernel ``_weight_int8pack_mm`` (it needs the scale in ``x.dtype``);
-    compiled, the lowering in ``inductor_quant/lowerings/int8.py`` picks a fused kernel.
-    """
-    check_int8_linear_args(x, qweight, scale, bias)
-    out = torch._weight_int8pack_mm(x.contiguous(), qweight.contiguous(), scale.to(x.dtype))
-    if bias is not None:
-        out = out.float().add_(bias.float())
-    return out.to(out_dtype or x.dtype)
-
-
 # Rows of W widened per chunk in int8_dequant_mm: about 2 MiB of widened weight, which stays in cache for its GEMM
 # and (unlike a whole widened weight) is served from the heap instead of fresh pages. Measured 0.86-1.03x dense bf16
 # F.linear at M = 256 / 512 for 4096x4096, 4096x11008, 11008x4096, against 0.3-0.56x for the unchunked form.
@@ -85,6 +58,41 @@ def int8_dequant_mm(x, qweight, scale, bias=None, *, out_dtype=None):
         else:
             torch.addcmul(bias[n0:n1], acc, scale[n0:n1], out=out[:, n0:n1])
     return out
+
+
+# torch 2.15's CPU _weight_int8pack_mm is only right for K % 16 == 0: measured here, K = 8, 24, 40, 120 return
+# wrong values (up to inf) and K = 33, 100 crash the process. Other K take the dequantize path.
+ATEN_INT8_K_MULTIPLE = 16
+
+
+@torch.library.custom_op("inductor_quant::int8_weight_linear", mutates_args=())
+def int8_weight_linear(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``(x @ qweight.T) * scale + bias`` with int8 weights.
+
+    Args:
+        x: ``[M, K]`` activations, fp32 / bf16 / fp16.
+        qweight: ``[N, K]`` int8, row-major (one output channel per row).
+        scale: ``[N]`` per-output-channel scale, any float dtype; applied in fp32.
+        bias: optional ``[N]`` float bias, added in fp32 after the scale.
+        out_dtype: dtype of the ``[M, N]`` result; ``None`` means ``x.dtype``.
+
+    Eagerly this runs aten's int8 kernel ``_weight_int8pack_mm`` (it needs the scale in ``x.dtype``) when K is a
+    multiple of ``ATEN_INT8_K_MULTIPLE``, else ``int8_dequant_mm``; compiled, the lowering in
+    ``inductor_quant/lowerings/int8.py`` picks a fused kernel.
+    """
+    check_int8_linear_args(x, qweight, scale, bias)
+    if x.shape[1] % ATEN_INT8_K_MULTIPLE:
+        return int8_dequant_mm(x, qweight, scale, bias, out_dtype=out_dtype)
+    out = torch._weight_int8pack_mm(x.contiguous(), qweight.contiguous(), scale.to(x.dtype))
+    if bias is not None:
+        out = out.float().add_(bias.float())
+    return out.to(out_dtype or x.dtype)
 
 
 @int8_weight_linear.register_fake

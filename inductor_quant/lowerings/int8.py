@@ -94,6 +94,7 @@ def _select(name: str, choices: dict, inputs: list, layout, forced: str | None, 
     remembered = _tuned.get(key)
     if remembered in choices and len(choices) > 1:
         log.info("%s %s: reusing the tuned choice %s", name, key[:3], remembered)
+        counters["inductor_quant"]["int8_tuning_reused"] += 1
         choices = {remembered: choices[remembered]}
     _install_timing_log()
     out, winner = _I.autotune_select_algorithm(name, list(choices.values()), inputs, layout)
@@ -114,13 +115,16 @@ def _install_timing_log() -> None:
     if _timing_log_installed:
         return
 
-    def log_timings(timings, name, input_nodes, choices, profiled_time_fn) -> None:
-        if name.startswith("inductor_quant") and log.isEnabledFor(logging.DEBUG):
+    def log_timings(timings, name, input_nodes, *_rest, **_kw) -> None:
+        # Called for every autotune in the process: look only at ours, and never raise into Inductor.
+        if not (isinstance(name, str) and name.startswith("inductor_quant") and log.isEnabledFor(logging.DEBUG)):
+            return
+        try:
             shapes = [list(n.get_size()) for n in input_nodes]
             ranked = sorted(timings.items(), key=lambda kv: kv[1])
-            log.debug(
-                "autotune %s %s: %s", name, shapes, ", ".join(f"{c.name} {t * 1e3:.1f} us" for c, t in ranked)
-            )
+            log.debug("autotune %s %s: %s", name, shapes, ", ".join(f"{c.name} {t * 1e3:.1f} us" for c, t in ranked))
+        except Exception as e:  # noqa: BLE001 - logging must not break compilation
+            log.debug("autotune %s: could not log timings (%s)", name, e)
 
     _I.add_feedback_saver(log_timings)
     _timing_log_installed = True

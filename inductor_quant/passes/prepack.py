@@ -16,6 +16,7 @@ from torch._dynamo.utils import counters
 from torch.fx import Graph, Node
 
 from ..primitives import PACK_K_STEP, pack_int8_blocked
+from ..settings import INT8_KERNEL_ENV, forced_int8_kernel
 from ..templates.cpp.int8_gemv import MAX_M
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,10 @@ def _static_rows(x: Node) -> int | None:
 
 def prepack_int8_weights(graph: Graph) -> int:
     """Replace ``int8_weight_linear`` on a constant weight by ``int8_weight_linear_packed``; returns the count."""
+    forced = forced_int8_kernel()
+    if forced not in (None, "int8_gemv"):
+        log.debug("not prepacking: %s=%s forces a kernel that reads the plain weight", INT8_KERNEL_ENV, forced)
+        return 0
     gm = graph.owning_module
     packed_attrs: dict[str, str] = {}  # a weight used by several linears is packed once
     count = 0

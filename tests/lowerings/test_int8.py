@@ -1,0 +1,120 @@
+"""Lowering of int8_weight_linear: every kernel choice, forced, on odd shapes; epilogue fusion; tuning once."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import compile_and_run, int8_weight, verify
+from torch import nn
+from torch._dynamo.utils import counters
+from torch.testing import FileCheck
+
+from inductor_quant.primitives import int8_linear_reference
+from inductor_quant.settings import INT8_KERNEL_ENV
+
+
+class ScaledLinear(nn.Module):
+    """`F.linear(x, w.to(x.dtype)) * scale + bias`, the gpt-fast line, on given int8 data."""
+
+    def __init__(self, q, s, b=None):
+        super().__init__()
+        self.register_buffer("w", q)
+        self.register_buffer("s", s)
+        self.b = None if b is None else nn.Buffer(b)
+
+    def forward(self, x):
+        y = F.linear(x, self.w.to(x.dtype)) * self.s
+        return y if self.b is None else y + self.b
+
+
+def _case(m, n, k, dtype, bias, seed=0):
+    _, q, s = int8_weight(n, k, seed)
+    b = torch.randn(n, dtype=dtype) if bias else None
+    x = torch.randn(m, k, dtype=dtype)
+    expected = int8_linear_reference(x, q, s.to(dtype), b)
+    return ScaledLinear(q, s.to(dtype), b), x, expected
+
+
+# (kernel forced, how it shows in the generated code, frozen?) -- each path is forced so timing cannot flip it
+PATHS = [
+    ("int8_gemv", "weight=packed", True),  # frozen decode: prepacked weight
+    ("int8_gemv", "weight=row-major", False),  # unfrozen decode: plain [N, K] weight
+    ("aten", "extern_kernels.inductor_quant_int8_linear_aten", True),
+    ("dequant_mm", "extern_kernels.inductor_quant_int8_dequant_mm", True),
+]
+
+
+@pytest.mark.parametrize("kernel, marker, frozen", PATHS, ids=[f"{p[0]}-{'frozen' if p[2] else 'input'}" for p in PATHS])
+@pytest.mark.parametrize("m, n, k", [(1, 65, 96), (5, 128, 64), (17, 33, 160)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_forced_kernel_matches_reference(kernel, marker, frozen, m, n, k, dtype, monkeypatch):
+    monkeypatch.setenv(INT8_KERNEL_ENV, kernel)
+    model, x, expected = _case(m, n, k, dtype, bias=(m % 2 == 1))
+    out, code = compile_and_run(model, x, grad=not frozen)
+    FileCheck().check(marker).run(code)
+    assert counters["inductor_quant"]["int8_lowered"] == 1
+    verify(out, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_prefill_uses_dequant_mm_and_keeps_int8(dtype):
+    model, x, expected = _case(64, 96, 128, dtype, bias=True)
+    out, code = compile_and_run(model, x)
+    assert counters["inductor_quant"]["int8_kernel_dequant_mm"] == 1
+    FileCheck().check("extern_kernels.inductor_quant_int8_dequant_mm").run(code)
+    assert "dtype=torch.int8" in code and counters["inductor_quant"]["int8_prepacked"] == 0
+    verify(out, expected)
+
+
+def test_k_not_multiple_of_32_falls_back_to_aten_with_reason(caplog):
+    model, x, expected = _case(3, 40, 100, torch.bfloat16, bias=False)
+    with caplog.at_level(logging.DEBUG, logger="inductor_quant"):
+        out, code = compile_and_run(model, x)
+    assert "K=100 (needs K % 32 == 0)" in caplog.text
+    assert counters["inductor_quant"]["int8_kernel_aten"] == 1
+    verify(out, expected)
+
+
+def test_unfrozen_decode_autotunes_between_aten_and_gemv(caplog):
+    model, x, expected = _case(4, 256, 256, torch.bfloat16, bias=True)
+    with caplog.at_level(logging.DEBUG, logger="inductor_quant"):
+        out, _ = compile_and_run(model, x, grad=True)
+    assert "offered ['aten', 'int8_gemv']" in caplog.text
+    assert "autotune inductor_quant_int8_weight_linear" in caplog.text and " us" in caplog.text
+    verify(out, expected)
+
+
+def test_identical_layers_are_tuned_once():
+    layers = []
+    for i in range(4):
+        _, q, s = int8_weight(256, 256, seed=i)
+        layers.append(ScaledLinear(q, s.to(torch.bfloat16)))
+    x = torch.randn(4, 256, dtype=torch.bfloat16)
+    # weights are graph inputs (no freezing), so every layer goes through the autotuned lowering
+    out, _ = compile_and_run(nn.Sequential(*layers), x, grad=True)
+    assert counters["inductor_quant"]["int8_lowered"] == 4
+    # the first layer is timed among its choices; the three others reuse its winner untimed
+    assert counters["inductor_quant"]["int8_tuning_reused"] == 3
+    with torch.no_grad():
+        verify(out, nn.Sequential(*layers)(x))
+
+
+def test_activation_after_gemv_is_fused_into_the_template():
+    model, x, _ = _case(2, 64, 96, torch.bfloat16, bias=True)
+    fused = nn.Sequential(model, nn.SiLU())
+    out, code = compile_and_run(fused, x)
+    assert counters["inductor"]["cpp_epilogue_fusion_counter"] >= 1
+    # one kernel: the GEMV body, then the SiLU epilogue loop in the same function
+    FileCheck().check("inductor_quant int8_gemv").check("fused epilogue nodes").check("exp").run(code)
+    with torch.no_grad():
+        verify(out, F.silu(model(x)))
+
+
+def test_forcing_a_kernel_that_is_not_offered_names_it(monkeypatch):
+    monkeypatch.setenv(INT8_KERNEL_ENV, "int8_gemv")
+    model, x, _ = _case(3, 40, 100, torch.bfloat16, bias=False)
+    with pytest.raises(Exception, match="INDUCTOR_QUANT_INT8_KERNEL='int8_gemv' is not offered"):
+        compile_and_run(model, x, grad=True)
