@@ -84,10 +84,3 @@ def inductor_internals():
 class _Internals:
     def __init__(self, **names):
         self.__dict__.update(names)
-
-
-def get_hash_for_files(paths: tuple[str, ...]) -> bytes:
-    """Content hash of our sources for the FX-graph cache key (CustomGraphPass.uuid, INDUCTOR_NOTES §3)."""
-    from torch._inductor.custom_graph_pass import get_hash_for_files as _hash
-
-    return _hash(paths)

@@ -117,12 +117,16 @@ def _install_timing_log() -> None:
 
     def log_timings(timings, name, input_nodes, *_rest, **_kw) -> None:
         # Called for every autotune in the process: look only at ours, and never raise into Inductor.
-        if not (isinstance(name, str) and name.startswith("inductor_quant") and log.isEnabledFor(logging.DEBUG)):
+        if not (
+            isinstance(name, str) and name.startswith("inductor_quant") and log.isEnabledFor(logging.DEBUG)
+        ):
             return
         try:
             shapes = [list(n.get_size()) for n in input_nodes]
             ranked = sorted(timings.items(), key=lambda kv: kv[1])
-            log.debug("autotune %s %s: %s", name, shapes, ", ".join(f"{c.name} {t * 1e3:.1f} us" for c, t in ranked))
+            log.debug(
+                "autotune %s %s: %s", name, shapes, ", ".join(f"{c.name} {t * 1e3:.1f} us" for c, t in ranked)
+            )
         except Exception as e:  # noqa: BLE001 - logging must not break compilation
             log.debug("autotune %s: could not log timings (%s)", name, e)
 

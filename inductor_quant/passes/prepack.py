@@ -33,7 +33,9 @@ def prepack_int8_weights(graph: Graph) -> int:
     """Replace ``int8_weight_linear`` on a constant weight by ``int8_weight_linear_packed``; returns the count."""
     forced = forced_int8_kernel()
     if forced not in (None, "int8_gemv"):
-        log.debug("not prepacking: %s=%s forces a kernel that reads the plain weight", INT8_KERNEL_ENV, forced)
+        log.debug(
+            "not prepacking: %s=%s forces a kernel that reads the plain weight", INT8_KERNEL_ENV, forced
+        )
         return 0
     gm = graph.owning_module
     packed_attrs: dict[str, str] = {}  # a weight used by several linears is packed once

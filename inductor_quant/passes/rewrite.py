@@ -9,6 +9,7 @@ side are matched by one function per form, each headed by the source line it sta
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from torch.fx import Graph, Node
 
 import inductor_quant
 
-from .._compat import get_hash_for_files
+from ..settings import forced_int8_kernel
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,8 @@ class _PackagePass(CustomGraphPass):
         raise NotImplementedError
 
     def uuid(self) -> bytes:
-        return package_source_hash() + self.stage.encode()
+        # The forced-kernel switch changes what the lowerings emit, so it is part of the key too.
+        return package_source_hash() + self.stage.encode() + str(forced_int8_kernel()).encode()
 
 
 class QuantRewritePass(_PackagePass):
@@ -298,11 +300,16 @@ class PrepackPass(_PackagePass):
         prepack_int8_weights(graph)
 
 
-def package_source_hash() -> bytes:
+def package_source_hash(root: Path | None = None) -> bytes:
     """Hash of every ``.py`` / ``.cpp`` file of the package plus its version: a changed pass never hits the cache."""
-    root = Path(inductor_quant.__file__).parent
-    files = sorted(str(p) for p in root.rglob("*") if p.suffix in (".py", ".cpp"))
-    return get_hash_for_files(tuple(files)) + inductor_quant.__version__.encode()
+    root = root or Path(inductor_quant.__file__).parent
+    digest = hashlib.sha256(inductor_quant.__version__.encode())
+    for path in sorted(
+        p for p in root.rglob("*") if p.suffix in (".py", ".cpp") and "__pycache__" not in p.parts
+    ):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.digest()
 
 
 def rewrite_pass() -> QuantRewritePass:

@@ -47,7 +47,9 @@ PATHS = [
 ]
 
 
-@pytest.mark.parametrize("kernel, marker, frozen", PATHS, ids=[f"{p[0]}-{'frozen' if p[2] else 'input'}" for p in PATHS])
+@pytest.mark.parametrize(
+    "kernel, marker, frozen", PATHS, ids=[f"{p[0]}-{'frozen' if p[2] else 'input'}" for p in PATHS]
+)
 @pytest.mark.parametrize("m, n, k", [(1, 65, 96), (5, 128, 64), (17, 33, 160)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_forced_kernel_matches_reference(kernel, marker, frozen, m, n, k, dtype, monkeypatch):

@@ -1,0 +1,178 @@
+"""The backend: entry-point registration, scoping (plain torch.compile untouched), version gate, cache keys."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import torch
+import torch.nn.functional as F
+from conftest import compile_and_run, int8_weight, verify
+from torch import nn
+from torch._dynamo.utils import counters
+
+import inductor_quant as iq
+from inductor_quant import _compat
+from inductor_quant.passes import rewrite
+
+
+def _run(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_backend_name_works_in_a_fresh_process_without_importing_the_package():
+    proc = _run("""
+        import sys, torch
+        assert "inductor_quant" not in sys.modules
+        m = torch.nn.Linear(64, 32).to(torch.bfloat16)
+        with torch.no_grad():
+            y = torch.compile(m, backend="quant_inductor")(torch.randn(2, 64, dtype=torch.bfloat16))
+        assert "inductor_quant.backend" in sys.modules and y.shape == (2, 32)
+        print("OK")
+    """)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+_PLAIN_COMPILE = """
+    import re, sys, torch, torch.nn.functional as F
+    from torch._inductor.utils import fresh_cache, run_and_get_code
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            g = torch.Generator().manual_seed(0)
+            self.register_buffer("w", torch.randint(-127, 128, (64, 128), generator=g, dtype=torch.int8))
+            self.register_buffer("s", torch.rand(64, generator=g, dtype=torch.bfloat16))
+            self.lin = torch.nn.Linear(64, 32).to(torch.bfloat16)
+
+        def forward(self, x):
+            return self.lin(torch.relu(F.linear(x, self.w.to(x.dtype)) * self.s))
+
+    def plain_code():
+        torch._dynamo.reset()
+        with fresh_cache(), torch.no_grad():
+            _, code = run_and_get_code(torch.compile(M()), torch.randn(2, 3, 128, dtype=torch.bfloat16))
+        return re.sub(r"AOT ID: \\[.*\\]|/tmp/\\S+|0x[0-9a-f]+", "", "\\n".join(code))
+
+    before = plain_code()
+    if sys.argv[-1] == "use_package":
+        import inductor_quant
+        torch._dynamo.reset()
+        with torch.no_grad():
+            torch.compile(M(), backend="quant_inductor")(torch.randn(2, 3, 128, dtype=torch.bfloat16))
+    after = plain_code()
+    print("SAME" if before == after else "DIFFERENT")
+    print(after)
+"""
+
+
+def test_plain_torch_compile_generates_the_same_code_with_and_without_the_package():
+    baseline = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_PLAIN_COMPILE), "baseline"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    used = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_PLAIN_COMPILE), "use_package"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert baseline.returncode == 0 and used.returncode == 0, (baseline.stderr[-2000:], used.stderr[-2000:])
+    assert used.stdout.startswith("SAME"), used.stdout[:2000]
+    # and the plain code of the process that used quant_inductor equals that of a process that never imported it
+    assert baseline.stdout.split("\n", 1)[1] == used.stdout.split("\n", 1)[1]
+    assert "inductor_quant" not in used.stdout.split("\n", 1)[1]
+
+
+def test_unsupported_torch_warns_once_and_runs_stock_inductor(monkeypatch):
+    monkeypatch.setattr(_compat, "_torch_minor", lambda: (2, 14))
+    _compat.torch_supported.cache_clear()
+    try:
+        model = _GptFastLinear()
+        x = torch.randn(2, 64, dtype=torch.bfloat16)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out, code = compile_and_run(model, x)
+            compile_and_run(nn.Sequential(model, nn.ReLU()), x)
+        messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert len([m for m in messages if "falls back to stock Inductor" in m]) == 1, messages
+        assert "torch >=2.15,<2.16" in messages[0]
+        # stock Inductor ran: nothing rewritten, no package kernel in the code
+        assert counters["inductor_quant"]["int8_rewrite"] == 0 and "inductor_quant" not in code
+        with torch.no_grad():
+            verify(out, model(x))
+    finally:
+        _compat.torch_supported.cache_clear()
+
+
+class _GptFastLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        _, q, s = int8_weight(48, 64)
+        self.register_buffer("w", q)
+        self.register_buffer("s", s.to(torch.bfloat16))
+
+    def forward(self, x):
+        return F.linear(x, self.w.to(x.dtype)) * self.s
+
+
+def test_fx_graph_cache_hits_and_a_changed_package_misses(monkeypatch):
+    x = torch.randn(2, 64, dtype=torch.bfloat16)
+    compile_and_run(_GptFastLinear(), x)
+    assert counters["inductor"]["fxgraph_cache_miss"] == 1
+    torch._dynamo.reset()
+    compile_and_run(_GptFastLinear(), x)
+    assert counters["inductor"]["fxgraph_cache_hit"] == 1, dict(counters["inductor"])
+
+    # the same sources hash the same; a changed source (simulated) must not be served the cached graph
+    monkeypatch.setattr(rewrite, "package_source_hash", lambda root=None: b"changed sources")
+    torch._dynamo.reset()
+    compile_and_run(_GptFastLinear(), x)
+    assert counters["inductor"]["fxgraph_cache_miss"] == 2 and counters["inductor"]["fxgraph_cache_hit"] == 1
+
+
+def test_source_hash_covers_every_package_file(tmp_path):
+    root = tmp_path / "inductor_quant"
+    shutil.copytree(os.path.dirname(iq.__file__), root, ignore=shutil.ignore_patterns("__pycache__"))
+    base = rewrite.package_source_hash(root)
+    for rel in ("templates/cpp/int8_gemv.cpp", "lowerings/int8.py", "tensor.py"):
+        path = root / rel
+        original = path.read_text()
+        path.write_text(original + "\n// changed\n" if rel.endswith(".cpp") else original + "\n# changed\n")
+        assert rewrite.package_source_hash(root) != base, rel
+        path.write_text(original)
+    assert rewrite.package_source_hash(root) == base
+
+
+def test_torch_logs_shows_rewrites_kernels_and_timings():
+    proc = _run(
+        """
+        import torch, torch.nn.functional as F
+        import inductor_quant as iq
+        m = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.Linear(64, 32, bias=False)).to(torch.bfloat16)
+        iq.quantize_(m, iq.Int8WeightOnlyConfig())
+        x = torch.randn(4, 128, dtype=torch.bfloat16)
+        torch.compile(m, backend="quant_inductor")(x)          # grad on: no freezing, autotuned
+        with torch.no_grad():
+            torch.compile(m, backend="quant_inductor")(x)      # frozen: prepacked
+        """,
+        env={"TORCH_LOGS": "+inductor_quant", "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stderr
+    assert re.search(r"offered \['aten', 'int8_gemv'\], chose \w+", log), log[-3000:]
+    assert re.search(r"autotune inductor_quant_int8_weight_linear .*: .* us", log), log[-3000:]
+    assert "-> blocked decode layout" in log and "kernel" in log
