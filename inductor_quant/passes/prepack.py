@@ -67,6 +67,7 @@ def prepack_int8_weights(graph: Graph) -> int:
             name = f"{w.target}_iq_packed"
             gm.register_buffer(name, pack_int8_blocked(getattr(gm, w.target)))
             packed_attrs[w.target] = name
+            counters["inductor_quant"]["int8_prepacked_bytes"] += getattr(gm, name).numel()
         with graph.inserting_before(node):
             packed = graph.get_attr(packed_attrs[w.target])
             packed.meta["val"] = torch.empty(
