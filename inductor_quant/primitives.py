@@ -42,15 +42,16 @@ def pack_int8_blocked(qdata: torch.Tensor) -> torch.Tensor:
     if k % PACK_K_STEP:
         raise ValueError(f"pack_int8_blocked needs K divisible by {PACK_K_STEP}, got K={k}")
     n_pad = -n % PACK_ROWS
-    w = torch.nn.functional.pad(qdata, (0, 0, 0, n_pad)) if n_pad else qdata
-    blocks = w.reshape(-1, PACK_ROWS, k // PACK_K_STEP, PACK_K_STEP).permute(0, 2, 1, 3)
-    return blocks.contiguous().reshape(-1)
+    w = torch.nn.functional.pad(qdata, (0, 0, 0, n_pad)) if n_pad else qdata.contiguous()
+    # move 32-byte runs as 4 int64 words: the same permutation, 8x fewer elements to copy
+    words = w.view(torch.int64).reshape(-1, PACK_ROWS, k // PACK_K_STEP, PACK_K_STEP // 8)
+    return words.permute(0, 2, 1, 3).contiguous().view(torch.int8).reshape(-1)
 
 
 def unpack_int8_blocked(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
     """Inverse of ``pack_int8_blocked``: the ``[N, K]`` int8 weight."""
-    blocks = packed.reshape(-1, k // PACK_K_STEP, PACK_ROWS, PACK_K_STEP).permute(0, 2, 1, 3)
-    return blocks.reshape(-1, k)[:n].contiguous()
+    words = packed.view(torch.int64).reshape(-1, k // PACK_K_STEP, PACK_ROWS, PACK_K_STEP // 8)
+    return words.permute(0, 2, 1, 3).contiguous().view(torch.int8).reshape(-1, k)[:n].contiguous()
 
 
 def int8_linear_reference(

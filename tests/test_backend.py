@@ -131,17 +131,29 @@ class _GptFastLinear(nn.Module):
 
 def test_fx_graph_cache_hits_and_a_changed_package_misses(monkeypatch):
     x = torch.randn(2, 64, dtype=torch.bfloat16)
-    compile_and_run(_GptFastLinear(), x)
+    no_prepack = {"inductor_quant.prepack": False}
+    compile_and_run(_GptFastLinear(), x, options=no_prepack)
     assert counters["inductor"]["fxgraph_cache_miss"] == 1
     torch._dynamo.reset()
-    compile_and_run(_GptFastLinear(), x)
+    compile_and_run(_GptFastLinear(), x, options=no_prepack)
     assert counters["inductor"]["fxgraph_cache_hit"] == 1, dict(counters["inductor"])
 
     # the same sources hash the same; a changed source (simulated) must not be served the cached graph
     monkeypatch.setattr(rewrite, "package_source_hash", lambda root=None: b"changed sources")
     torch._dynamo.reset()
-    compile_and_run(_GptFastLinear(), x)
+    compile_and_run(_GptFastLinear(), x, options=no_prepack)
     assert counters["inductor"]["fxgraph_cache_miss"] == 2 and counters["inductor"]["fxgraph_cache_hit"] == 1
+
+
+def test_prepacked_graphs_bypass_the_fx_graph_cache():
+    """A cached frozen graph would carry a copy of every packed weight into the cache directory."""
+    x = torch.randn(2, 64, dtype=torch.bfloat16)
+    for _ in range(2):
+        torch._dynamo.reset()
+        _, code = compile_and_run(_GptFastLinear(), x)
+        assert "weight=packed" in code
+    assert counters["inductor"]["fxgraph_cache_bypass"] == 2
+    assert counters["inductor"]["fxgraph_cache_hit"] == 0
 
 
 def test_source_hash_covers_every_package_file(tmp_path):

@@ -7,6 +7,7 @@ nodes (an activation, a residual add) are fused by Inductor's scheduler as epilo
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -22,6 +23,12 @@ _SOURCE = (Path(__file__).parent / "int8_gemv.cpp").read_text()
 MAX_M = 32
 # The kernel walks K in steps of this many values (one 32-byte run per weight row); K must be a multiple.
 K_STEP = 32
+
+
+@functools.cache
+def _compiled_source():
+    """The jinja template, parsed once per process (parsing it per render cost ~10 ms x 2 per linear)."""
+    return _I.CppTemplate._template_from_string(_SOURCE)
 
 
 class CppInt8GemvTemplate(_I.CppTemplate):
@@ -85,4 +92,4 @@ class CppInt8GemvTemplate(_I.CppTemplate):
             epilogue_nodes=epilogue_nodes,
             store_epilogue=store_epilogue,
         )
-        return self._template_from_string(_SOURCE).render(**options)
+        return _compiled_source().render(**options)
