@@ -1,12 +1,10 @@
-"""Timing helpers shared by the demo and benchmarks/: medians of interleaved runs, memory read bandwidth."""
+"""Timing helpers shared by the demo and benchmarks/: medians, and medians of interleaved runs."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable
-
-import torch
 
 
 def median_seconds(fn: Callable[[], object], reps: int = 10, warmup: int = 2) -> float:
@@ -34,10 +32,3 @@ def interleaved_medians(
             fn()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(s) for name, s in samples.items()}
-
-
-def read_bandwidth_gbs(nbytes: int = 1 << 30, reps: int = 7) -> float:
-    """Memory read bandwidth: ``torch.sum`` over an fp32 buffer of ``nbytes`` (all threads), median, in GB/s."""
-    buf = torch.ones(nbytes // 4, dtype=torch.float32)
-    seconds = median_seconds(lambda: buf.sum(), reps=reps)
-    return nbytes / seconds / 1e9
