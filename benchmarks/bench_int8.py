@@ -2,7 +2,8 @@
 
 Decode (M = 1, 4, 16): a stack of distinct layers whose int8 weights exceed the last-level cache, each applied to
 the same [1, M, K] activations; reported as weight GB/s, its ratio to the memory read bandwidth measured in the
-same run (benchmarks/read_bw.c: a prefetching AVX-512 read of 1 GiB), and the ratio of our time to stock
+same rounds (benchmarks/read_bw.c: a prefetching AVX-512 read of 1 GiB, timed interleaved with the kernels,
+because this machine's bandwidth drifts by tens of percent over minutes), and the ratio of our time to stock
 Inductor's best configuration. Compile times are cold (a fresh Inductor cache per compile, after one warm-up
 compile of a trivial function pays the process's one-time costs).
 Prefill (M = 256, 512): a few layers; TFLOP/s and the ratio to dense bf16 F.linear (eager, oneDNN).
@@ -15,12 +16,13 @@ configuration in --stock (default, freezing, max-autotune: the last costs minute
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import time
 
 import torch
-from read_bw import read_bandwidth_gbs
+from read_bw import ReadProbe
 from torch import nn
 from torch._dynamo.utils import counters
 from torch._inductor.utils import fresh_cache
@@ -68,7 +70,7 @@ def _compile(model, x, backend, options=None):
     return compiled, time.perf_counter() - start
 
 
-def bench_shape(k, n, ms, count, dtype, stock_configs, bandwidth, rounds):
+def bench_shape(k, n, ms, count, dtype, stock_configs, probe, rounds):
     dense, ours_model, stock_model = _layers(k, n, count, dtype)
     weight_bytes = count * k * n
     rows = []
@@ -96,15 +98,17 @@ def bench_shape(k, n, ms, count, dtype, stock_configs, bandwidth, rounds):
                         f"{str(e).splitlines()[0][:160]}",
                         flush=True,
                     )
-            fns = {"dense": lambda x=x: dense(x), "ours": lambda x=x, c=ours: c(x)}
+            fns = {"read": probe, "dense": lambda x=x: dense(x), "ours": lambda x=x, c=ours: c(x)}
             fns.update({f"stock:{name}": (lambda x=x, c=c: c(x)) for name, (c, _) in stock.items()})
             t = interleaved_medians(fns, rounds=rounds)
+        bandwidth = probe.nbytes / t["read"] / 1e9
         best_stock = min((name for name in t if name.startswith("stock:")), key=t.get)
         flops = 2 * m * k * n * count
         rows.append(
             dict(
                 K=k,
                 N=n,
+                read_gbs=bandwidth,
                 M=m,
                 layers=count,
                 kernel=kernel,
@@ -126,18 +130,23 @@ def bench_shape(k, n, ms, count, dtype, stock_configs, bandwidth, rounds):
             )
         )
         print(_row(rows[-1]), flush=True)
+        # free this M's compiled graphs (frozen constants, packed copies) before compiling the next one
+        del ours, stock, fns
+        torch._dynamo.reset()
+        gc.collect()
     return rows
 
 
 HEADER = (
-    "| K x N | M | layers | kernel | ours GB/s | ours / read BW | stock best (config) / read BW | dense bf16 / read BW "
+    "| K x N | M | layers | kernel | read BW GB/s | ours GB/s | ours / read BW | stock best (config) / read BW | dense bf16 / read BW "
     "| ours vs stock | ours TFLOP/s | ours vs dense | compile s (ours / stock) |"
 )
 
 
 def _row(r):
     return (
-        f"| {r['K']}x{r['N']} | {r['M']} | {r['layers']} | {r['kernel']} | {r['ours_gbs']:.1f} | {r['ours_bw_ratio']:.2f} "
+        f"| {r['K']}x{r['N']} | {r['M']} | {r['layers']} | {r['kernel']} | {r['read_gbs']:.1f} | {r['ours_gbs']:.1f} "
+        f"| {r['ours_bw_ratio']:.2f} "
         f"| {r['stock_bw_ratio']:.2f} ({r['stock_best']}) | {r['dense_bw_ratio']:.2f} | {r['vs_stock']:.2f}x "
         f"| {r['ours_tflops']:.2f} | {r['vs_dense']:.2f}x | {r['compile_s']} / {r['stock_compile_s']} |"
     )
@@ -159,11 +168,11 @@ def main():
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     stock_configs = args.stock.split(",")
-    bandwidth, how = read_bandwidth_gbs()
+    probe = ReadProbe()
     torch.compile(lambda t: t.sin() + 1)(torch.randn(4))  # one-time process costs (ISA probe, compiler start)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}; "
-        f"read bandwidth {bandwidth:.1f} GB/s ({how}); stock configs {stock_configs}\n"
+        f"read bandwidth probe: 1 GiB, prefetch {probe.prefetch} B, timed in every row; stock configs {stock_configs}\n"
     )
     print(HEADER)
     print("|" + "---|" * (HEADER.count("|") - 1))
@@ -179,7 +188,7 @@ def main():
                 decode_layers,
                 torch.bfloat16,
                 stock_configs,
-                bandwidth,
+                probe,
                 args.rounds,
             )
         if args.prefill_m:
@@ -190,12 +199,12 @@ def main():
                 args.prefill_layers,
                 torch.bfloat16,
                 stock_configs,
-                bandwidth,
+                probe,
                 max(3, args.rounds // 2),
             )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"read_bandwidth_gbs": bandwidth, "rows": rows}, f, indent=1)
+            json.dump({"rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

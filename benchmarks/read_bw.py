@@ -12,32 +12,36 @@ import torch
 from inductor_quant.demo.timing import median_seconds
 
 _SOURCE = Path(__file__).with_name("read_bw.c")
+PREFETCH_DISTANCES = (0, 1024, 2048, 4096)  # bytes ahead; the best one for this machine is kept
 
 
-def read_bandwidth_gbs(nbytes: int = 1 << 30, reps: int = 7) -> tuple[float, str]:
-    """Best median over prefetch distances of a streaming read of ``nbytes``; also says how it was measured."""
+class ReadProbe:
+    """A callable that streams ``nbytes`` once (time it beside the kernels: the bandwidth drifts over minutes)."""
+
+    def __init__(self, nbytes: int = 1 << 30):
+        self.nbytes = nbytes
+        self.lib = _load()
+        self.buf = torch.ones(nbytes + 8192, dtype=torch.uint8)
+        self.prefetch = min(PREFETCH_DISTANCES, key=lambda p: median_seconds(lambda: self._read(p), reps=3))
+
+    def _read(self, prefetch: int) -> float:
+        return self.lib.iq_read_sum(self.buf.data_ptr(), self.nbytes, prefetch)
+
+    def __call__(self) -> float:
+        return self._read(self.prefetch)
+
+
+def _load() -> ctypes.CDLL:
     lib_path = Path(tempfile.mkdtemp()) / "read_bw.so"
-    subprocess.run(
-        ["cc", "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(_SOURCE), "-o", str(lib_path)],
-        check=True,
-    )
+    cmd = ["cc", "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(_SOURCE), "-o", str(lib_path)]
+    subprocess.run(cmd, check=True)
     lib = ctypes.CDLL(str(lib_path))
     lib.iq_read_sum.restype = ctypes.c_double
     lib.iq_read_sum.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    buf = torch.ones(nbytes + 4096, dtype=torch.uint8)
-    best, best_pd = 0.0, 0
-    for prefetch in (0, 1024, 2048, 4096):
-        seconds = median_seconds(lambda p=prefetch: lib.iq_read_sum(buf.data_ptr(), nbytes, p), reps=reps)
-        if nbytes / seconds / 1e9 > best:
-            best, best_pd = nbytes / seconds / 1e9, prefetch
-    torch_sum = nbytes / median_seconds(lambda: buf[:nbytes].view(torch.int64).sum(), reps=reps) / 1e9
-    how = (
-        f"AVX-512 streaming read of 1 GiB, {torch.get_num_threads()} threads, prefetch {best_pd} B "
-        f"(torch.sum over the same buffer: {torch_sum:.1f} GB/s)"
-    )
-    return best, how
+    return lib
 
 
 if __name__ == "__main__":
-    gbs, how = read_bandwidth_gbs()
-    print(f"{gbs:.1f} GB/s: {how}")
+    probe = ReadProbe()
+    seconds = median_seconds(probe)
+    print(f"{probe.nbytes / seconds / 1e9:.1f} GB/s (prefetch {probe.prefetch} B)")

@@ -84,7 +84,10 @@ def _lift_module_state_to_attributes(gm: torch.fx.GraphModule, example_inputs: S
     kept = []
     for i, (node, value) in enumerate(zip(placeholders, example_inputs, strict=True)):
         is_state = (
-            isinstance(value, torch.Tensor) and getattr(value, "_dynamo_static_input_type", None) is not None
+            isinstance(value, torch.Tensor)
+            and getattr(value, "_dynamo_static_input_type", None) is not None
+            and "grapharg" in node.meta
+            and hasattr(gm, "_param_name_to_source")
         )
         if not is_state or not node.users:
             kept.append(i)

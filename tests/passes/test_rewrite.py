@@ -177,4 +177,4 @@ def test_rewrite_is_logged_per_linear(caplog):
         compile_and_run(model, torch.randn(2, K, dtype=torch.bfloat16))
     assert caplog.text.count("-> inductor_quant.int8_weight_linear") == len(FORMS)
     assert caplog.text.count("-> blocked decode layout") == len(FORMS)
-    assert caplog.text.count("kernel int8_gemv") == len(FORMS)
+    assert caplog.text.count("chose int8_gemv_packed") == len(FORMS)
