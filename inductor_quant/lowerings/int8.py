@@ -72,14 +72,7 @@ def int8_weight_linear_lowering(x, qweight, scale, bias=None, *, out_dtype=None,
             gemv, layout, inputs, has_bias=bias is not None, packed=False, n=int(n)
         )
         choices["int8_gemv"] = gemv[0]
-    return _select(
-        "inductor_quant_int8_weight_linear",
-        choices,
-        inputs,
-        layout,
-        forced,
-        key=(int(m), int(n), int(k), *(t.get_dtype() for t in inputs), out_dtype),
-    )
+    return _select("inductor_quant_int8_weight_linear", choices, inputs, layout, forced, key)
 
 
 def _select(name: str, choices: dict, inputs: list, layout, forced: str | None, key: tuple):
