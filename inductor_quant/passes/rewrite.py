@@ -188,13 +188,10 @@ def _replace(graph: Graph, m: Int8Linear) -> None:
     out_val = _val(m.last)
     n = _val(m.qweight).shape[0]
     with graph.inserting_before(m.last):
-        scale = m.scale
-        if _val(scale).dim() != 1:
-            scale = graph.call_function(aten.view.default, (scale, [n]))
-            scale.meta["val"] = _val(m.scale).view(n)
+        scale, bias = _as_vector(graph, m.scale, n), _as_vector(graph, m.bias, n)
         op = graph.call_function(
             torch.ops.inductor_quant.int8_weight_linear.default,
-            (m.x, m.qweight, scale, m.bias),
+            (m.x, m.qweight, scale, bias),
             {"out_dtype": out_val.dtype},
         )
         x_val = _val(m.x)
@@ -206,6 +203,15 @@ def _replace(graph: Graph, m: Int8Linear) -> None:
             result = graph.call_function(aten.view.default, (op, list(out_val.shape)))
             result.meta["val"] = out_val
     m.last.replace_all_uses_with(result)
+
+
+def _as_vector(graph: Graph, node: Node | None, n: int) -> Node | None:
+    """The op takes scale and bias as ``[N]``: view a ``[N, 1]`` / ``[1, N]`` / ``[1, 1, N]`` one as such."""
+    if node is None or _val(node).dim() == 1:
+        return node
+    flat = graph.call_function(aten.view.default, (node, [n]))
+    flat.meta["val"] = _val(node).view(n)
+    return flat
 
 
 def _dequant_candidates(graph: Graph) -> list[Node]:

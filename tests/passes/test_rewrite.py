@@ -178,3 +178,27 @@ def test_rewrite_is_logged_per_linear(caplog):
     assert caplog.text.count("-> inductor_quant.int8_weight_linear") == len(FORMS)
     assert caplog.text.count("-> blocked decode layout") == len(FORMS)
     assert caplog.text.count("chose int8_gemv_packed") == len(FORMS)
+
+
+def test_scale_and_bias_stored_as_rows_are_flattened():
+    """A `[1, N]` scale and bias (as some checkpoints store them) broadcast like `[N]` ones."""
+
+    class RowShaped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            _, q, s = int8_weight(48, K)
+            self.register_buffer("w", q)
+            self.register_buffer("s", s.to(torch.bfloat16)[None, :])
+            self.register_buffer("b", torch.randn(1, 48, dtype=torch.bfloat16))
+
+        def forward(self, x):
+            return F.linear(x, self.w.to(x.dtype)) * self.s + self.b
+
+    model = RowShaped()
+    for x in (torch.randn(1, K, dtype=torch.bfloat16), torch.randn(2, 3, K, dtype=torch.bfloat16)):
+        torch._dynamo.reset()
+        counters.clear()
+        out, _ = compile_and_run(model, x)
+        assert counters["inductor_quant"]["int8_rewrite_scale_after_bias"] == 1
+        expected = int8_linear_reference(x.reshape(-1, K), model.w, model.s[0], model.b[0]).reshape(out.shape)
+        verify(out, expected)
