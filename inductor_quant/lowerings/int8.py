@@ -133,7 +133,9 @@ def _is_decode(mat1) -> bool:
 
 
 def _gemv_applies(mat1, mat2) -> bool:
-    """The GEMV template needs static shapes, M <= MAX_M and K a multiple of its K step."""
+    """The GEMV template needs a CPU device, static shapes, M <= MAX_M and K a multiple of its K step."""
+    if mat1.get_device() is None or mat1.get_device().type != "cpu":
+        return False
     sizes = (*mat1.get_size(), *mat2.get_size())
     if not all(isinstance(s, int) or s.is_number for s in sizes):
         return False

@@ -52,7 +52,13 @@ def prepack_int8_weights(graph: Graph) -> int:
                 "not prepacked: %s: weight %s is a graph input, not a frozen constant", node.name, w.name
             )
             continue
-        n, k = getattr(gm, w.target).shape
+        weight = getattr(gm, w.target)
+        if weight.device.type != "cpu":
+            log.debug(
+                "not prepacked: %s: weight on %s (the GEMV template is CPU only)", node.name, weight.device
+            )
+            continue
+        n, k = weight.shape
         if m is None or m > MAX_M or k % PACK_K_STEP:
             log.debug(
                 "not prepacked: %s: M=%s (decode needs static M <= %d), K=%d (needs K %% %d == 0)",

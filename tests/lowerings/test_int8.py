@@ -120,3 +120,17 @@ def test_forcing_a_kernel_that_is_not_offered_names_it(monkeypatch):
     model, x, _ = _case(3, 40, 100, torch.bfloat16, bias=False)
     with pytest.raises(Exception, match="INDUCTOR_QUANT_INT8_KERNEL='int8_gemv' is not offered"):
         compile_and_run(model, x, grad=True)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["frozen", "unfrozen"])
+def test_dynamic_shapes_compile_and_match(grad):
+    """With a symbolic M nothing can be specialised: the prefill kernel serves every M, correctly.
+    (Dynamo still specialises M = 1, whose static graph may take the decode kernel.)"""
+    model, _, _ = _case(1, 96, 128, torch.bfloat16, bias=True)
+    compiled = torch.compile(model, backend="quant_inductor", dynamic=True)
+    for m in (1, 7, 40):
+        x = torch.randn(m, 128, dtype=torch.bfloat16)
+        with torch.set_grad_enabled(grad):
+            out = compiled(x)
+        verify(out, int8_linear_reference(x, model.w, model.s, model.b))
+    assert counters["inductor_quant"]["int8_kernel_dequant_mm"] >= 1
