@@ -35,8 +35,9 @@ def check_int8_linear_args(
 
 
 # Rows of W widened per chunk in int8_dequant_mm: about 2 MiB of widened weight, which stays in cache for its GEMM
-# and (unlike a whole widened weight) is served from the heap instead of fresh pages. Measured 0.86-1.03x dense bf16
-# F.linear at M = 256 / 512 for 4096x4096, 4096x11008, 11008x4096, against 0.3-0.56x for the unchunked form.
+# and (unlike a whole widened weight) is served from the heap instead of fresh pages. Eager sweep: 0.86-1.03x dense
+# bf16 F.linear at M = 256 / 512 for 4096x4096, 4096x11008, 11008x4096, against 0.3-0.56x unchunked; compiled, in
+# benchmarks/bench_int8.py: 0.81-0.88x.
 DEQUANT_CHUNK_BYTES = 2 << 20
 
 
@@ -52,7 +53,7 @@ def int8_dequant_mm(x, qweight, scale, bias=None, *, out_dtype=None):
     for n0 in range(0, n, rows):
         n1 = min(n, n0 + rows)
         acc = torch.mm(x, qweight[n0:n1].to(x.dtype).t())
-        # one fused op: fp32 (acc * scale [+ bias]), rounded once into the output slice
+        # acc is the GEMM's output in x's dtype; one fused op applies scale (and bias) in fp32 into the slice
         if bias is None:
             torch.mul(acc, scale[n0:n1], out=out[:, n0:n1])
         else:
