@@ -44,15 +44,12 @@ def torch_supported() -> bool:
 
 
 def inductor_internals():
-    """The private Inductor modules the lowerings and templates build on (torch 2.15 layout)."""
-    from torch._inductor import config as inductor_config  # config.patch scopes our switches
+    """The private Inductor names the lowerings and templates build on (torch 2.15 layout)."""
     from torch._inductor import (
-        ir,  # template buffers and layouts
-        lowering,  # register_lowering, expand, view, permute
+        ir,  # layouts, ExternKernel.require_contiguous
+        lowering,  # register_lowering
     )
-    from torch._inductor.codegen.cpp_gemm_template import CppGemmTemplate  # stock CPP GEMM (prefill)
-    from torch._inductor.codegen.cpp_template import CppTemplate  # base of our GEMV template
-    from torch._inductor.codegen.cpp_utils import DTYPE_TO_CPP, create_epilogue_with_attr
+    from torch._inductor.codegen.cpp_template import CppTemplate  # base of the GEMV template
     from torch._inductor.kernel.mm_common import mm_args  # realizes inputs, builds the output layout
     from torch._inductor.select_algorithm import (  # autotuning between choices
         ExternKernelChoice,
@@ -60,24 +57,18 @@ def inductor_internals():
         autotune_select_algorithm,
         realize_inputs,
     )
-    from torch._inductor.utils import use_cpp_gemm_template
-    from torch._inductor.virtualized import V
+    from torch._inductor.utils import parallel_num_threads  # the OpenMP thread count kernels are built for
 
     return _Internals(
-        config=inductor_config,
         ir=ir,
         lowering=lowering,
-        CppGemmTemplate=CppGemmTemplate,
         CppTemplate=CppTemplate,
-        DTYPE_TO_CPP=DTYPE_TO_CPP,
-        create_epilogue_with_attr=create_epilogue_with_attr,
         mm_args=mm_args,
         ExternKernelChoice=ExternKernelChoice,
         add_feedback_saver=add_feedback_saver,
         autotune_select_algorithm=autotune_select_algorithm,
         realize_inputs=realize_inputs,
-        use_cpp_gemm_template=use_cpp_gemm_template,
-        V=V,
+        parallel_num_threads=parallel_num_threads,
     )
 
 

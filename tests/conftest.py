@@ -6,6 +6,8 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch._dynamo.utils import counters
 from torch._inductor.utils import fresh_cache, run_and_get_code
 
@@ -72,3 +74,17 @@ def int8_weight(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
     w = torch.randn(n, k, generator=g) / k**0.5
     q, s = quantize_int8_per_channel(w)
     return w, q, s
+
+
+class ScaledLinear(nn.Module):
+    """`F.linear(x, w.to(x.dtype)) * scale + bias`, the gpt-fast line, on given int8 data."""
+
+    def __init__(self, q, s, b=None):
+        super().__init__()
+        self.register_buffer("w", q)
+        self.register_buffer("s", s)
+        self.b = None if b is None else nn.Buffer(b)
+
+    def forward(self, x):
+        y = F.linear(x, self.w.to(x.dtype)) * self.s
+        return y if self.b is None else y + self.b

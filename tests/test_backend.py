@@ -11,8 +11,7 @@ import textwrap
 import warnings
 
 import torch
-import torch.nn.functional as F
-from conftest import compile_and_run, int8_weight, verify
+from conftest import ScaledLinear, compile_and_run, int8_weight, verify
 from torch import nn
 from torch._dynamo.utils import counters
 
@@ -101,7 +100,7 @@ def test_unsupported_torch_warns_once_and_runs_stock_inductor(monkeypatch):
     monkeypatch.setattr(_compat, "_torch_minor", lambda: (2, 14))
     _compat.torch_supported.cache_clear()
     try:
-        model = _GptFastLinear()
+        model = _gpt_fast_linear()
         x = torch.randn(2, 64, dtype=torch.bfloat16)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -118,30 +117,24 @@ def test_unsupported_torch_warns_once_and_runs_stock_inductor(monkeypatch):
         _compat.torch_supported.cache_clear()
 
 
-class _GptFastLinear(nn.Module):
-    def __init__(self):
-        super().__init__()
-        _, q, s = int8_weight(48, 64)
-        self.register_buffer("w", q)
-        self.register_buffer("s", s.to(torch.bfloat16))
-
-    def forward(self, x):
-        return F.linear(x, self.w.to(x.dtype)) * self.s
+def _gpt_fast_linear() -> ScaledLinear:
+    _, q, s = int8_weight(48, 64)
+    return ScaledLinear(q, s.to(torch.bfloat16))
 
 
 def test_fx_graph_cache_hits_and_a_changed_package_misses(monkeypatch):
     x = torch.randn(2, 64, dtype=torch.bfloat16)
     no_prepack = {"inductor_quant.prepack": False}
-    compile_and_run(_GptFastLinear(), x, options=no_prepack)
+    compile_and_run(_gpt_fast_linear(), x, options=no_prepack)
     assert counters["inductor"]["fxgraph_cache_miss"] == 1
     torch._dynamo.reset()
-    compile_and_run(_GptFastLinear(), x, options=no_prepack)
+    compile_and_run(_gpt_fast_linear(), x, options=no_prepack)
     assert counters["inductor"]["fxgraph_cache_hit"] == 1, dict(counters["inductor"])
 
     # the same sources hash the same; a changed source (simulated) must not be served the cached graph
     monkeypatch.setattr(rewrite, "package_source_hash", lambda root=None: b"changed sources")
     torch._dynamo.reset()
-    compile_and_run(_GptFastLinear(), x, options=no_prepack)
+    compile_and_run(_gpt_fast_linear(), x, options=no_prepack)
     assert counters["inductor"]["fxgraph_cache_miss"] == 2 and counters["inductor"]["fxgraph_cache_hit"] == 1
 
 
@@ -150,7 +143,7 @@ def test_prepacked_graphs_bypass_the_fx_graph_cache():
     x = torch.randn(2, 64, dtype=torch.bfloat16)
     for _ in range(2):
         torch._dynamo.reset()
-        _, code = compile_and_run(_GptFastLinear(), x)
+        _, code = compile_and_run(_gpt_fast_linear(), x)
         assert "weight=packed" in code
     assert counters["inductor"]["fxgraph_cache_bypass"] == 2
     assert counters["inductor"]["fxgraph_cache_hit"] == 0

@@ -7,27 +7,13 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compile_and_run, int8_weight, verify
+from conftest import ScaledLinear, compile_and_run, int8_weight, verify
 from torch import nn
 from torch._dynamo.utils import counters
 from torch.testing import FileCheck
 
 from inductor_quant.primitives import int8_linear_reference
 from inductor_quant.settings import INT8_KERNEL_ENV
-
-
-class ScaledLinear(nn.Module):
-    """`F.linear(x, w.to(x.dtype)) * scale + bias`, the gpt-fast line, on given int8 data."""
-
-    def __init__(self, q, s, b=None):
-        super().__init__()
-        self.register_buffer("w", q)
-        self.register_buffer("s", s)
-        self.b = None if b is None else nn.Buffer(b)
-
-    def forward(self, x):
-        y = F.linear(x, self.w.to(x.dtype)) * self.s
-        return y if self.b is None else y + self.b
 
 
 def _case(m, n, k, dtype, bias, seed=0):

@@ -1,8 +1,9 @@
 """CPP template for decode-shaped int8 weight-only matmuls (stage 6 of the pipeline): loads ``int8_gemv.cpp``.
 
-Unlike Inductor's CppGemmTemplate it needs no prepacked or constant weight: it streams the plain ``[N, K]`` int8
-rows, so it serves frozen and unfrozen graphs alike. Scale and bias are fused in the kernel; further pointwise
-nodes (an activation, a residual add) are fused by Inductor's scheduler as epilogue nodes.
+One kernel, two weight layouts (strides only): the blocked layout the prepack pass makes from frozen weights, and
+the plain ``[N, K]`` rows of a weight that is a graph input, so frozen and unfrozen graphs both get it. Scale and
+bias are fused in the kernel; further pointwise nodes (an activation, a residual add) are fused by Inductor's
+scheduler as epilogue nodes.
 """
 
 from __future__ import annotations
@@ -11,15 +12,14 @@ import functools
 from pathlib import Path
 
 import torch
-from torch._inductor.utils import parallel_num_threads
 
 from ..._compat import inductor_internals
 
 _I = inductor_internals()
 _SOURCE = (Path(__file__).parent / "int8_gemv.cpp").read_text()
 
-# Largest M the template is offered for: it re-reads the activations once per row block, which stops paying
-# off once M is a prefill-sized batch (there Inductor's blocked GEMM or a dense GEMM wins).
+# Largest M the template is offered for: it re-reads the activations once per row block and is compute-bound past
+# a few rows (benchmarks/: M = 16 already is), so prefill-sized M goes to the chunked dequant + dense GEMM.
 MAX_M = 32
 # The kernel walks K in steps of this many values (one 32-byte run per weight row); K must be a multiple.
 K_STEP = 32
@@ -46,7 +46,7 @@ class CppInt8GemvTemplate(_I.CppTemplate):
     ) -> None:
         """Append the template for ``input_nodes = [X, W, S(, B)]``; W is ``[N, K]`` or, if ``packed``, the blocked
         layout of ``primitives.pack_int8_blocked``."""
-        template = cls(input_nodes, layout, has_bias, packed, n, parallel_num_threads())
+        template = cls(input_nodes, layout, has_bias, packed, n, _I.parallel_num_threads())
         choices.append(template.generate())
 
     def render(
