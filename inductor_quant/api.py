@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .configs import Int8WeightOnlyConfig
-from .primitives import quantize_int8_per_channel
-from .tensor import Int8WeightTensor
+from .configs import Int4WeightOnlyConfig, Int8WeightOnlyConfig
+from .primitives import quantize_int4_groupwise, quantize_int8_per_channel
+from .tensor import Int4WeightTensor, Int8WeightTensor, QuantizedWeightTensor
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +59,35 @@ def quantize_(
 
 @register_quantize_module_handler(Int8WeightOnlyConfig)
 def _int8_weight_only(module: nn.Module, config: Int8WeightOnlyConfig) -> nn.Module:
-    weight = module.weight
-    if isinstance(weight, Int8WeightTensor):
-        raise ValueError(f"{module} is already int8-quantized")
+    weight = _float_weight(module)
     qdata, scale = quantize_int8_per_channel(weight)
     qweight = Int8WeightTensor(qdata, scale.to(config.scale_dtype), dtype=weight.dtype)
     module.weight = nn.Parameter(qweight, requires_grad=False)
     return module
 
 
+@register_quantize_module_handler(Int4WeightOnlyConfig)
+def _int4_weight_only(module: nn.Module, config: Int4WeightOnlyConfig) -> nn.Module:
+    weight = _float_weight(module)
+    qdata, scale, zero_point = quantize_int4_groupwise(weight, config.group_size, config.scale_dtype)
+    qweight = Int4WeightTensor(qdata, scale, zero_point, dtype=weight.dtype, group_size=config.group_size)
+    module.weight = nn.Parameter(qweight, requires_grad=False)
+    return module
+
+
+def _float_weight(module: nn.Module):
+    weight = module.weight
+    if isinstance(weight, QuantizedWeightTensor):
+        raise ValueError(f"{module} is already quantized ({type(weight).__name__})")
+    return weight
+
+
 def weight_bytes(model: nn.Module) -> int:
     """Bytes held by the model's parameters and buffers, counting a quantized weight by its inner tensors."""
     total = 0
     for t in list(model.parameters()) + list(model.buffers()):
-        if isinstance(t, Int8WeightTensor):
-            total += sum(x.numel() * x.element_size() for x in t._tensors())
+        if isinstance(t, QuantizedWeightTensor):
+            total += t.nbytes_quantized()
         else:
             total += t.numel() * t.element_size()
     return total

@@ -143,3 +143,121 @@ def int8_weight_linear_packed(
 @int8_weight_linear_packed.register_fake
 def _(x, packed_weight, scale, bias, out_dtype, out_features):
     return x.new_empty((x.shape[0], out_features), dtype=out_dtype or x.dtype)
+
+
+# --- int4 groupwise ----------------------------------------------------------------------------------------
+
+
+def check_int4_linear_args(
+    x: torch.Tensor,
+    qdata: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None,
+) -> None:
+    """Validate ``int4_weight_linear`` arguments; every message names the offending value."""
+    from .primitives import check_int4_group
+
+    if x.dim() != 2 or x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(
+            f"x must be a 2-D tensor of {_FLOAT_DTYPES}, got shape {tuple(x.shape)} of {x.dtype}"
+        )
+    if qdata.dtype != torch.uint8 or qdata.dim() != 2:
+        raise ValueError(
+            f"qdata must be a 2-D uint8 [N, K / 2] tensor, got shape {tuple(qdata.shape)} of {qdata.dtype}"
+        )
+    n, k = qdata.shape[0], 2 * qdata.shape[1]
+    if x.shape[1] != k:
+        raise ValueError(f"x has K={x.shape[1]} input features but qdata [N, K / 2] has K={k}")
+    check_int4_group(k, group_size)
+    groups = (n, k // group_size)
+    if scale.shape != groups or scale.dtype not in _FLOAT_DTYPES:
+        raise ValueError(
+            f"scale must be a {list(groups)} float tensor (group_size={group_size}), "
+            f"got shape {tuple(scale.shape)} of {scale.dtype}"
+        )
+    if zero_point.shape != groups or zero_point.dtype not in (torch.uint8, torch.float32):
+        raise ValueError(
+            f"zero_point must be a {list(groups)} uint8 or float32 tensor, "
+            f"got shape {tuple(zero_point.shape)} of {zero_point.dtype}"
+        )
+    if bias is not None and (bias.shape != (n,) or bias.dtype not in _FLOAT_DTYPES):
+        raise ValueError(f"bias must be a [{n}] float tensor, got shape {tuple(bias.shape)} of {bias.dtype}")
+
+
+def int4_dequant_mm(x, qdata, scale, zero_point, group_size, bias=None, *, out_dtype=None):
+    """The prefill kernel: ``int4_weight_linear`` as dense GEMMs over chunks of W widened to ``x.dtype`` (by the
+    native kernel of ``kernels/int4_dequant.cpp``), each used while it is hot in cache."""
+    from .kernels import int4_dequantize_rows
+
+    m, k = x.shape
+    n = qdata.shape[0]
+    out = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
+    rows = max(64, DEQUANT_CHUNK_BYTES // (k * x.element_size()) // 64 * 64)
+    x = x.contiguous()
+    for n0 in range(0, n, rows):
+        n1 = min(n, n0 + rows)
+        w = int4_dequantize_rows(qdata[n0:n1], scale[n0:n1], zero_point[n0:n1], group_size, x.dtype)
+        if bias is None:
+            out[:, n0:n1] = x @ w.t()
+        else:
+            out[:, n0:n1] = torch.addmm(bias[n0:n1].to(x.dtype), x, w.t())
+    return out
+
+
+@torch.library.custom_op("inductor_quant::int4_weight_linear", mutates_args=())
+def int4_weight_linear(
+    x: torch.Tensor,
+    qdata: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``x @ W.T + bias`` with the int4 groupwise weight ``W[n, k] = (q[n, k] - zero_point[n, g]) * scale[n, g]``,
+    ``g = k // group_size``.
+
+    Args:
+        x: ``[M, K]`` activations, fp32 / bf16 / fp16.
+        qdata: uint8 ``[N, K / 2]``: ``k = 2j`` in the low nibble of byte j, ``k = 2j + 1`` in the high nibble.
+        scale: ``[N, K / group_size]`` float scales.
+        zero_point: ``[N, K / group_size]`` uint8 zero points in [0, 15] (float32 is accepted too).
+        group_size: 32, 64, 128 or 256, dividing K.
+        bias: optional ``[N]`` float bias.
+        out_dtype: dtype of the ``[M, N]`` result; ``None`` means ``x.dtype``.
+
+    Eagerly this is ``int4_dequant_mm`` (chunks of W widened to ``x.dtype``, never the whole float weight);
+    compiled, the lowering in ``inductor_quant/lowerings/int4.py`` picks a fused kernel.
+    """
+    check_int4_linear_args(x, qdata, scale, zero_point, group_size, bias)
+    return int4_dequant_mm(x, qdata, scale, zero_point, group_size, bias, out_dtype=out_dtype)
+
+
+@int4_weight_linear.register_fake
+def _(x, qdata, scale, zero_point, group_size, bias=None, out_dtype=None):
+    check_int4_linear_args(x, qdata, scale, zero_point, group_size, bias)
+    return x.new_empty((x.shape[0], qdata.shape[0]), dtype=out_dtype or x.dtype)
+
+
+def _int4_linear_setup_context(ctx, inputs, output):
+    x, qdata, scale, zero_point, group_size, bias, _ = inputs
+    ctx.save_for_backward(qdata, scale, zero_point)
+    ctx.group_size = group_size
+    ctx.x_dtype = x.dtype
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _int4_linear_backward(ctx, grad):
+    # Only x and bias get gradients: the quantized weight is frozen by construction.
+    from .primitives import dequantize_int4
+
+    qdata, scale, zero_point = ctx.saved_tensors
+    w = dequantize_int4(qdata, scale, zero_point, ctx.group_size)
+    grad_x = (grad.float() @ w).to(ctx.x_dtype)
+    grad_bias = grad.sum(0).to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
+    return grad_x, None, None, None, None, grad_bias, None
+
+
+int4_weight_linear.register_autograd(_int4_linear_backward, setup_context=_int4_linear_setup_context)

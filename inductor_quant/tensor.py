@@ -14,7 +14,7 @@ import torch
 from torch.utils._python_dispatch import return_and_correct_aliasing
 
 from . import ops as _ops  # noqa: F401  (registers torch.ops.inductor_quant.*)
-from .primitives import dequantize_int8
+from .primitives import dequantize_int4, dequantize_int8
 
 aten = torch.ops.aten
 
@@ -78,10 +78,23 @@ class QuantizedWeightTensor(torch.Tensor):
             f"{n}={tuple(t.shape)}:{t.dtype}"
             for n, t in zip(self.tensor_data_names, self._tensors(), strict=True)
         )
-        return f"{type(self).__name__}(shape={tuple(self.shape)}, dtype={self.dtype}, {fields}, transposed={self.transposed})"
+        attrs = "".join(f", {n}={v}" for n, v in self._attrs().items())
+        return (
+            f"{type(self).__name__}(shape={tuple(self.shape)}, dtype={self.dtype}, {fields}{attrs}, "
+            f"transposed={self.transposed})"
+        )
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The float weight (as ``self.dtype`` unless ``dtype`` is given), transposed if this is a ``w.t()`` view."""
         raise NotImplementedError
+
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ W.T (+ bias)`` through this scheme's quantized op, for an ``[M, K]`` activation."""
+        raise NotImplementedError
+
+    def nbytes_quantized(self) -> int:
+        """Bytes held by the inner tensors."""
+        return sum(t.numel() * t.element_size() for t in self._tensors())
 
     __torch_function__ = torch._C._disabled_torch_function_impl
 
@@ -118,14 +131,49 @@ class Int8WeightTensor(QuantizedWeightTensor):
     """
 
     tensor_data_names = ("qdata", "scale")
-    _impls: ClassVar[dict[Any, Callable]] = {}
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         w = dequantize_int8(self.qdata, self.scale, dtype or self.dtype)
         return w.t() if self.transposed else w
 
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.ops.inductor_quant.int8_weight_linear(x, self.qdata, self.scale, bias)
 
-implements = Int8WeightTensor.implements
+
+class Int4WeightTensor(QuantizedWeightTensor):
+    """Asymmetric groupwise int4 weight: ``w[n, k] ≈ (q[n, k] - zero_point[n, g]) * scale[n, g]``,
+    ``g = k // group_size``.
+
+    Fields:
+        qdata: uint8 ``[N, K / 2]``, two values per byte (``k = 2j`` low nibble, ``k = 2j + 1`` high nibble).
+        scale: ``[N, K / group_size]`` float (bf16 by default).
+        zero_point: ``[N, K / group_size]`` uint8, in [0, 15].
+        group_size: 32, 64, 128 or 256.
+    The storage is device-neutral; kernel layouts are made from it at compile time.
+    """
+
+    tensor_data_names = ("qdata", "scale", "zero_point")
+    tensor_attribute_names = ("group_size",)
+
+    @staticmethod
+    def __new__(cls, qdata, scale, zero_point, *, dtype, transposed=False, group_size):
+        n, k = qdata.shape[0], 2 * qdata.shape[1]
+        shape = (k, n) if transposed else (n, k)
+        return torch.Tensor._make_wrapper_subclass(
+            cls, shape, dtype=dtype, device=qdata.device, requires_grad=False
+        )
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        w = dequantize_int4(self.qdata, self.scale, self.zero_point, self.group_size, dtype or self.dtype)
+        return w.t() if self.transposed else w
+
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.ops.inductor_quant.int4_weight_linear(
+            x, self.qdata, self.scale, self.zero_point, self.group_size, bias
+        )
+
+
+implements = QuantizedWeightTensor.implements
 
 
 @implements(aten.detach.default, aten.alias.default)
@@ -148,19 +196,19 @@ def _(func, args, kwargs):
 def _(func, args, kwargs):
     w, d0, d1 = args
     if {d0 % 2, d1 % 2} != {0, 1}:
-        raise NotImplementedError(f"Int8WeightTensor.transpose({d0}, {d1}) on a 2-D weight")
+        raise NotImplementedError(f"{type(w).__name__}.transpose({d0}, {d1}) on a 2-D weight")
     return return_and_correct_aliasing(func, args, kwargs, w._rebuild(transposed=not w.transposed))
 
 
 @implements(aten.mm.default)
 def _(func, args, kwargs):
     x, w = args
-    if isinstance(w, Int8WeightTensor) and w.transposed and not isinstance(x, QuantizedWeightTensor):
-        return torch.ops.inductor_quant.int8_weight_linear(x, w.qdata, w.scale)
-    # Any other product (e.g. grad @ w in a backward) is correct but not an int8 kernel.
+    if isinstance(w, QuantizedWeightTensor) and w.transposed and not isinstance(x, QuantizedWeightTensor):
+        return w.linear(x)
+    # Any other product (e.g. grad @ w in a backward) is correct but not a quantized kernel.
     return func(
         *(
-            a.dequantize(x.dtype if a is w else w.dtype) if isinstance(a, Int8WeightTensor) else a
+            a.dequantize(x.dtype if a is w else w.dtype) if isinstance(a, QuantizedWeightTensor) else a
             for a in args
         )
     )
@@ -170,8 +218,8 @@ def _(func, args, kwargs):
 def _(func, args, kwargs):
     bias, x, w = args
     plain = kwargs.get("beta", 1) == 1 and kwargs.get("alpha", 1) == 1 and bias.dim() == 1
-    if isinstance(w, Int8WeightTensor) and w.transposed and plain:
-        return torch.ops.inductor_quant.int8_weight_linear(x, w.qdata, w.scale, bias)
+    if isinstance(w, QuantizedWeightTensor) and w.transposed and plain:
+        return w.linear(x, bias)
     return func(bias, x, w.dequantize(x.dtype), **kwargs)
 
 
@@ -180,7 +228,7 @@ def _(func, args, kwargs):
     w = args[0]
     dtype = kwargs.get("dtype") or w.dtype
     if not dtype.is_floating_point:
-        raise ValueError(f"Int8WeightTensor stands in for a float weight; cannot convert it to {dtype}")
+        raise ValueError(f"{type(w).__name__} stands in for a float weight; cannot convert it to {dtype}")
     device = kwargs.get("device")
     return w._rebuild((lambda t: t.to(device)) if device is not None else (lambda t: t), dtype=dtype)
 
@@ -188,12 +236,18 @@ def _(func, args, kwargs):
 @implements(aten.copy_.default)
 def _(func, args, kwargs):
     dst, src = args
-    if not isinstance(src, Int8WeightTensor) or src.transposed != dst.transposed or src.shape != dst.shape:
+    if (
+        type(src) is not type(dst)
+        or src.transposed != dst.transposed
+        or src.shape != dst.shape
+        or src._attrs() != dst._attrs()
+    ):
         raise ValueError(
-            f"can only copy an Int8WeightTensor of shape {tuple(dst.shape)} into one, got {src!r}"
+            f"can only copy a {type(dst).__name__} of shape {tuple(dst.shape)} and {dst._attrs()} into one, "
+            f"got {src!r}"
         )
-    dst.qdata.copy_(src.qdata)
-    dst.scale.copy_(src.scale)
+    for d, s in zip(dst._tensors(), src._tensors(), strict=True):
+        d.copy_(s)
     return dst
 
 
@@ -203,9 +257,10 @@ def _(func, args, kwargs):
     return (
         type(a) is type(b)
         and a.transposed == b.transposed
+        and a._attrs() == b._attrs()
         and all(torch.equal(x, y) for x, y in zip(a._tensors(), b._tensors(), strict=True))
     )
 
 
 # torch.load(weights_only=True) accepts only allow-listed globals.
-torch.serialization.add_safe_globals([Int8WeightTensor, _rebuild_quantized_weight])
+torch.serialization.add_safe_globals([Int8WeightTensor, Int4WeightTensor, _rebuild_quantized_weight])

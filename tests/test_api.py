@@ -29,9 +29,10 @@ def test_quantize_filter_fn_sees_module_and_fqn():
     assert "2" in seen and "" in seen
 
 
-def test_quantize_twice_is_an_error():
-    m = iq.quantize_(_model(), iq.Int8WeightOnlyConfig())
-    with pytest.raises(ValueError, match="already int8-quantized"):
+@pytest.mark.parametrize("first", [iq.Int8WeightOnlyConfig(), iq.Int4WeightOnlyConfig(group_size=32)])
+def test_quantize_twice_is_an_error(first):
+    m = iq.quantize_(_model(), first)
+    with pytest.raises(ValueError, match=r"already quantized \(Int(8|4)WeightTensor\)"):
         iq.quantize_(m, iq.Int8WeightOnlyConfig())
 
 

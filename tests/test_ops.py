@@ -68,3 +68,64 @@ def test_k_that_breaks_aten_int8_kernel_is_still_right(k):
 
     x, q, s, b = _args(m=3, n=40, k=k)
     verify(op(x, q, s, b), int8_linear_reference(x, q, s, b))
+
+
+# --- int4 ---------------------------------------------------------------------------------------------
+int4_op = torch.ops.inductor_quant.int4_weight_linear
+
+
+def _int4_args(m=5, n=72, k=256, g=64, dtype=torch.bfloat16, bias=True):
+    from inductor_quant.primitives import quantize_int4_groupwise
+
+    x = torch.randn(m, k, dtype=dtype)
+    q, s, z = quantize_int4_groupwise(torch.randn(n, k) / k**0.5, g)
+    b = torch.randn(n, dtype=dtype) if bias else None
+    return x, q, s, z, g, b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_int4_opcheck(dtype):
+    x, q, s, z, g, b = _int4_args(dtype=dtype)
+    torch.library.opcheck(int4_op, (x, q, s, z, g, b), {"out_dtype": None})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("out_dtype", [None, torch.float32])
+@pytest.mark.parametrize("g", [32, 256])
+def test_int4_eager_op_matches_reference(dtype, out_dtype, g):
+    from conftest import verify
+
+    from inductor_quant.primitives import int4_linear_reference
+
+    # n > the dequantize chunk: several chunks, the last one partial. Eagerly the weight is widened to x's dtype
+    # before a dense GEMM, so the reference rounds the dequantized weight to that dtype too.
+    x, q, s, z, g, b = _int4_args(m=7, n=1100, k=1024, g=g, dtype=dtype)
+    out = int4_op(x, q, s, z, g, b, out_dtype)
+    verify(out, int4_linear_reference(x, q, s, z, g, b, out_dtype, weight_dtype=dtype), precision=dtype)
+
+
+def test_int4_native_dequantize_is_exact():
+    # reference: the pure-torch dequantize (fp32 math, one rounding), bit for bit
+    from inductor_quant.kernels import int4_dequantize_rows
+    from inductor_quant.primitives import dequantize_int4
+
+    _, q, s, z, g, _ = _int4_args(n=33, k=512, g=32)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert torch.equal(int4_dequantize_rows(q, s, z, g, dtype), dequantize_int4(q, s, z, g, dtype))
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda a: {**a, "q": a["q"].to(torch.int8)}, "uint8"),
+        (lambda a: {**a, "s": a["s"][:, :2]}, r"scale must be a \[72, 4\]"),
+        (lambda a: {**a, "z": a["z"].to(torch.int32)}, "zero_point"),
+        (lambda a: {**a, "g": 48}, "got 48"),
+        (lambda a: {**a, "x": a["x"][:, :128]}, "K=128"),
+    ],
+)
+def test_int4_bad_arguments_name_the_value(change, match):
+    x, q, s, z, g, b = _int4_args()
+    a = change(dict(x=x, q=q, s=s, z=z, g=g))
+    with pytest.raises(ValueError, match=match):
+        int4_op(a["x"], a["q"], a["s"], a["z"], a["g"], b)

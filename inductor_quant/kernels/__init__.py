@@ -1,0 +1,53 @@
+"""Native helper kernels for the eager ops, compiled on first use with Inductor's own C++ toolchain.
+
+``int4_dequant.cpp`` widens rows of an int4 weight (the prefill path of ``int4_weight_linear``). It is compiled
+by ``torch._inductor.codecache.CppCodeCache`` (same compiler, flags and on-disk cache as Inductor's CPU kernels);
+where that is not possible (no compiler, a non-CPU tensor) the same numbers come from torch ops, more slowly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_OUT_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+@functools.cache
+def _int4_dequant_fn():
+    from torch._inductor.codecache import CppCodeCache
+
+    source = (Path(__file__).parent / "int4_dequant.cpp").read_text()
+    try:
+        fn = CppCodeCache.load(source, needs_vec_isa=True).inductor_quant_int4_dequant
+    except Exception as e:  # noqa: BLE001 - any build failure means: use the torch fallback
+        log.warning("int4 dequantize kernel could not be built (%s); using torch ops instead", e)
+        return None
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4
+    fn.restype = None
+    return fn
+
+
+def int4_dequantize_rows(
+    qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, group_size: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """``(q - zero_point) * scale`` per group for uint8 ``[rows, K / 2]`` nibbles: ``[rows, K]`` of ``dtype``,
+    computed in fp32 and rounded once."""
+    rows, k = qdata.shape[0], 2 * qdata.shape[1]
+    fn = _int4_dequant_fn() if qdata.device.type == "cpu" else None
+    if fn is None:
+        from ..primitives import dequantize_int4
+
+        return dequantize_int4(qdata, scale, zero_point, group_size, dtype)
+    q = qdata.contiguous()
+    s = scale.to(torch.float32).contiguous()
+    z = zero_point.to(torch.float32).contiguous()
+    out = torch.empty(rows, k, dtype=dtype)
+    fn(q.data_ptr(), s.data_ptr(), z.data_ptr(), out.data_ptr(), rows, k, group_size, _OUT_KIND[dtype])
+    return out
