@@ -261,3 +261,41 @@ def _int4_linear_backward(ctx, grad):
 
 
 int4_weight_linear.register_autograd(_int4_linear_backward, setup_context=_int4_linear_setup_context)
+
+
+@torch.library.custom_op("inductor_quant::int4_weight_linear_packed", mutates_args=())
+def int4_weight_linear_packed(
+    x: torch.Tensor,
+    packed_weight: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype | None,
+    out_features: int,
+    zero_is_offset: bool = False,
+) -> torch.Tensor:
+    """``int4_weight_linear`` with the nibbles in the blocked decode layout of ``primitives.pack_int4_blocked``.
+
+    ``zero`` is the zero point (``W = (q - zero) * scale``), or, with ``zero_is_offset``, an fp32 offset
+    (``W = q * scale + zero``: the form aten's ``_weight_int4pack_mm_for_cpu`` scales and zeros convert to exactly).
+    Made only by the prepack pass, for frozen weights of decode-shaped graphs; its lowering is the GEMV template.
+    This eager implementation (unpack, widen, GEMM) is the reference, not a fast path.
+    """
+    from .primitives import unpack_int4, unpack_int4_blocked
+
+    qdata = unpack_int4_blocked(packed_weight, out_features, x.shape[1])
+    if not zero_is_offset:
+        return int4_weight_linear(x, qdata, scale, zero, group_size, bias, out_dtype)
+    n, k = out_features, x.shape[1]
+    q = unpack_int4(qdata).float().view(n, -1, group_size)
+    w = (q * scale.float()[..., None] + zero.float()[..., None]).view(n, k)
+    out = x.float() @ w.t()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype or x.dtype)
+
+
+@int4_weight_linear_packed.register_fake
+def _(x, packed_weight, scale, zero, group_size, bias, out_dtype, out_features, zero_is_offset=False):
+    return x.new_empty((x.shape[0], out_features), dtype=out_dtype or x.dtype)

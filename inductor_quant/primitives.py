@@ -194,6 +194,30 @@ def int4_linear_reference(
     return out.to(out_dtype or x.dtype)
 
 
+# Decode layout of int4 nibbles: blocks of PACK_ROWS rows, each stored INT4_PACK_RUN bytes (128 values) at a time:
+# packed[b, s, r, j] = qdata[b * 4 + r, s * 64 + j]. N is zero-padded to PACK_ROWS.
+INT4_PACK_RUN = 64
+
+
+def pack_int4_blocked(qdata: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[N, K / 2]`` nibbles -> flat uint8 in the int4 decode layout ``[N / 4][K / 128][4][64 bytes]``.
+    K must be a multiple of 128."""
+    n, half_k = qdata.shape
+    if half_k % INT4_PACK_RUN:
+        raise ValueError(f"pack_int4_blocked needs K divisible by {2 * INT4_PACK_RUN}, got K={2 * half_k}")
+    n_pad = -n % PACK_ROWS
+    w = torch.nn.functional.pad(qdata, (0, 0, 0, n_pad)) if n_pad else qdata.contiguous()
+    words = w.view(torch.int64).reshape(-1, PACK_ROWS, half_k // INT4_PACK_RUN, INT4_PACK_RUN // 8)
+    return words.permute(0, 2, 1, 3).contiguous().view(torch.uint8).reshape(-1)
+
+
+def unpack_int4_blocked(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Inverse of ``pack_int4_blocked``: the uint8 ``[N, K / 2]`` nibbles."""
+    half_k = k // 2
+    words = packed.view(torch.int64).reshape(-1, half_k // INT4_PACK_RUN, PACK_ROWS, INT4_PACK_RUN // 8)
+    return words.permute(0, 2, 1, 3).contiguous().view(torch.uint8).reshape(-1, half_k)[:n].contiguous()
+
+
 # aten's CPU int4 layout (``aten._convert_weight_to_int4pack_for_cpu``, torch 2.15; probed): N in blocks of 64 rows,
 # each block k-major. In a full block byte ``k * 32 + j`` holds row j (low nibble) and row 32 + j (high nibble); in
 # the last, narrower block of width bw (16, 32 or 48) byte ``k * bw / 2 + j`` holds rows 2j and 2j + 1. Values are

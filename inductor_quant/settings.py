@@ -2,6 +2,7 @@
 
 INDUCTOR_QUANT_INT8_KERNEL: offer only this int8 choice (``aten``, ``dequant_mm``, ``int8_gemv``, ``cpp_gemm``)
     instead of autotuning among all of them. For tests, debugging and benchmarks.
+INDUCTOR_QUANT_INT4_KERNEL: the same for int4 (``int4_gemv``, ``dequant_mm``).
 """
 
 from __future__ import annotations
@@ -13,3 +14,10 @@ INT8_KERNEL_ENV = "INDUCTOR_QUANT_INT8_KERNEL"
 
 def forced_int8_kernel() -> str | None:
     return os.environ.get(INT8_KERNEL_ENV) or None
+
+
+INT4_KERNEL_ENV = "INDUCTOR_QUANT_INT4_KERNEL"
+
+
+def forced_int4_kernel() -> str | None:
+    return os.environ.get(INT4_KERNEL_ENV) or None

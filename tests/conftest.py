@@ -12,7 +12,7 @@ from torch._dynamo.utils import counters
 from torch._inductor.utils import fresh_cache, run_and_get_code
 
 import inductor_quant  # noqa: F401  (registers the ops and the subclass)
-from inductor_quant.lowerings import int8 as int8_lowering
+from inductor_quant.lowerings import common as lowering_common
 
 # Tolerances for a kernel vs the fp32 reference (`primitives.int8_linear_reference`), per output dtype:
 # fp32 differs only by summation order; bf16 / fp16 by one or two roundings of the output.
@@ -35,7 +35,7 @@ def _fresh_compile_state():
     """Every test compiles from scratch: no Dynamo cache, no FX-graph cache hit, no remembered tuning."""
     torch._dynamo.reset()
     counters.clear()
-    int8_lowering.reset_tuning_cache()
+    lowering_common.reset_tuning_cache()
     with fresh_cache():
         yield
     torch._dynamo.reset()

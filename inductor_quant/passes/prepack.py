@@ -1,10 +1,16 @@
-"""Compile-time weight prepacking (stage 3b of the pipeline): frozen int8 weights of decode-shaped linears are
-repacked into the blocked layout the GEMV kernel streams fastest.
+"""Compile-time weight prepacking (stage 3b of the pipeline): frozen weights of decode-shaped linears are repacked
+into the blocked layouts the GEMV kernels stream fastest.
 
 Runs as Inductor's ``post_grad_custom_post_pass``, after freezing has turned parameters into ``get_attr``
 constants. Only graphs whose activation rows M are static and at most ``MAX_M`` are packed: larger M is prefill,
-served by kernels that read the plain ``[N, K]`` weight. A packed weight is a new tensor held by the compiled
-graph next to the module's own int8 weight (``options={"inductor_quant.prepack": False}`` turns this off).
+served by kernels that read the plain weight. A packed weight is a new tensor held by the compiled graph next to
+the module's own weight (``options={"inductor_quant.prepack": False}`` turns this off).
+
+* ``int8_weight_linear`` -> ``int8_weight_linear_packed`` (``primitives.pack_int8_blocked``);
+* ``int4_weight_linear`` -> ``int4_weight_linear_packed`` (``primitives.pack_int4_blocked``);
+* aten's ``_weight_int4pack_mm_for_cpu`` on a constant weight -> ``int4_weight_linear_packed``: its weight is
+  unpacked from aten's layout (exactly) and its ``[K / g, N, 2]`` scales and zeros become fp32 ``[N, K / g]`` scales
+  and offsets (``W = q * s + (z - 8 s)``, aten's ``(q - 8) * s + z``), so the package's kernel serves it.
 """
 
 from __future__ import annotations
@@ -13,13 +19,23 @@ import logging
 
 import torch
 from torch._dynamo.utils import counters
-from torch.fx import Graph, Node
+from torch.fx import Graph, GraphModule, Node
 
-from ..primitives import PACK_K_STEP, pack_int8_blocked
-from ..settings import INT8_KERNEL_ENV, forced_int8_kernel
-from ..templates.cpp.int8_gemv import MAX_M
+from ..primitives import (
+    ATEN_INT4_N_MULTIPLE,
+    INT4_GROUP_SIZES,
+    PACK_K_STEP,
+    pack_int4,
+    pack_int4_blocked,
+    pack_int8_blocked,
+    unpack_aten_int4,
+)
+from ..settings import INT4_KERNEL_ENV, INT8_KERNEL_ENV, forced_int4_kernel, forced_int8_kernel
+from ..templates.cpp import int4_gemv
+from ..templates.cpp.gemv import MAX_M
 
 log = logging.getLogger(__name__)
+aten = torch.ops.aten
 
 
 def _static_rows(x: Node) -> int | None:
@@ -29,74 +45,170 @@ def _static_rows(x: Node) -> int | None:
     return v.shape[0]
 
 
-def prepack_int8_weights(graph: Graph) -> int:
-    """Replace ``int8_weight_linear`` on a constant weight by ``int8_weight_linear_packed``; returns the count."""
+class _Constants:
+    """New constants of the graph module, each made once (a weight shared by several linears is packed once)."""
+
+    def __init__(self, gm: GraphModule, counter: str):
+        self.gm = gm
+        self.counter = counter
+        self.made: dict[tuple, str] = {}
+
+    def get(self, graph: Graph, key: tuple, make) -> Node:
+        if key not in self.made:
+            name = f"{key[0]}_iq_{key[1]}"
+            tensor = make()
+            self.gm.register_buffer(name, tensor)
+            self.made[key] = name
+            counters["inductor_quant"][self.counter] += tensor.numel() * tensor.element_size()
+        name = self.made[key]
+        node = graph.get_attr(name)
+        value = getattr(self.gm, name)
+        node.meta["val"] = torch.empty(value.shape, dtype=value.dtype, device="meta")
+        return node
+
+
+def _skip_reason(node: Node, x: Node, weights: list[Node], gm: GraphModule, k_multiple: int) -> str | None:
+    m = _static_rows(x)
+    for w in weights:
+        if w.op != "get_attr":
+            return f"weight {w.name} is a graph input, not a frozen constant"
+    device = getattr(gm, weights[0].target).device
+    if device.type != "cpu":
+        return f"weight on {device} (the GEMV templates are CPU only)"
+    k = x.meta["val"].shape[-1]
+    if m is None or m > MAX_M or k % k_multiple:
+        return f"M={m} (decode needs static M <= {MAX_M}), K={k} (needs K % {k_multiple} == 0)"
+    return None
+
+
+def _swap(graph: Graph, node: Node, target, args: tuple, what: str) -> None:
+    with graph.inserting_before(node):
+        new = graph.call_function(target, args)
+    new.meta.update(node.meta)
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+    log.info("prepacked %s: %s -> blocked decode layout", new.name, what)
+
+
+def prepack_weights(graph: Graph) -> int:
+    """Replace every prepackable linear of ``graph`` by its packed op; returns the count."""
+    gm = graph.owning_module
+    int8 = _Constants(gm, "int8_prepacked_bytes")
+    int4 = _Constants(gm, "int4_prepacked_bytes")
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target is torch.ops.inductor_quant.int8_weight_linear.default:
+            count += _prepack_int8(graph, node, int8)
+        elif node.target is torch.ops.inductor_quant.int4_weight_linear.default:
+            count += _prepack_int4(graph, node, int4)
+        elif node.target is aten._weight_int4pack_mm_for_cpu.default:
+            count += _prepack_aten_int4(graph, node, int4)
+    for node in list(graph.nodes):
+        if node.op == "get_attr" and not node.users:
+            graph.erase_node(node)
+    return count
+
+
+def _prepack_int8(graph: Graph, node: Node, consts: _Constants) -> int:
     forced = forced_int8_kernel()
     if forced not in (None, "int8_gemv"):
         log.debug(
-            "not prepacking: %s=%s forces a kernel that reads the plain weight", INT8_KERNEL_ENV, forced
+            "not prepacked: %s: %s=%s forces a kernel that reads the plain weight",
+            node.name,
+            INT8_KERNEL_ENV,
+            forced,
         )
         return 0
-    gm = graph.owning_module
-    packed_attrs: dict[str, str] = {}  # a weight used by several linears is packed once
-    count = 0
-    for node in list(graph.nodes):
-        if node.target is not torch.ops.inductor_quant.int8_weight_linear.default:
-            continue
-        x, w, scale, bias = (list(node.args) + [None])[:4]
-        bias = node.kwargs.get("bias", bias)
-        out_dtype = node.kwargs.get("out_dtype")
-        m = _static_rows(x)
-        if w.op != "get_attr":
-            log.debug(
-                "not prepacked: %s: weight %s is a graph input, not a frozen constant", node.name, w.name
-            )
-            continue
-        weight = getattr(gm, w.target)
-        if weight.device.type != "cpu":
-            log.debug(
-                "not prepacked: %s: weight on %s (the GEMV template is CPU only)", node.name, weight.device
-            )
-            continue
-        n, k = weight.shape
-        if m is None or m > MAX_M or k % PACK_K_STEP:
-            log.debug(
-                "not prepacked: %s: M=%s (decode needs static M <= %d), K=%d (needs K %% %d == 0)",
-                node.name,
-                m,
-                MAX_M,
-                k,
-                PACK_K_STEP,
-            )
-            continue
-        if w.target not in packed_attrs:
-            name = f"{w.target}_iq_packed"
-            gm.register_buffer(name, pack_int8_blocked(getattr(gm, w.target)))
-            packed_attrs[w.target] = name
-            counters["inductor_quant"]["int8_prepacked_bytes"] += getattr(gm, name).numel()
-        with graph.inserting_before(node):
-            packed = graph.get_attr(packed_attrs[w.target])
-            packed.meta["val"] = torch.empty(
-                getattr(gm, packed_attrs[w.target]).shape, dtype=torch.int8, device="meta"
-            )
-            new = graph.call_function(
-                torch.ops.inductor_quant.int8_weight_linear_packed.default,
-                (x, packed, scale, bias, out_dtype, n),
-            )
-        new.meta.update(node.meta)
-        node.replace_all_uses_with(new)
-        graph.erase_node(node)
-        count += 1
-        counters["inductor_quant"]["int8_prepacked"] += 1
-        log.info(
-            "prepacked %s: int8 weight %s [%d, %d] -> blocked decode layout (M=%d)",
-            new.name,
-            w.target,
-            n,
-            k,
-            m,
+    x, w, scale, bias = (list(node.args) + [None])[:4]
+    bias = node.kwargs.get("bias", bias)
+    why = _skip_reason(node, x, [w], consts.gm, PACK_K_STEP)
+    if why:
+        log.debug("not prepacked: %s: %s", node.name, why)
+        return 0
+    weight = getattr(consts.gm, w.target)
+    n, k = weight.shape
+    with graph.inserting_before(node):
+        packed = consts.get(graph, (w.target, "packed"), lambda: pack_int8_blocked(weight))
+    _swap(
+        graph,
+        node,
+        torch.ops.inductor_quant.int8_weight_linear_packed.default,
+        (x, packed, scale, bias, node.kwargs.get("out_dtype"), n),
+        f"int8 weight {w.target} [{n}, {k}] (M={_static_rows(x)})",
+    )
+    counters["inductor_quant"]["int8_prepacked"] += 1
+    return 1
+
+
+def _prepack_int4(graph: Graph, node: Node, consts: _Constants) -> int:
+    forced = forced_int4_kernel()
+    if forced not in (None, "int4_gemv"):
+        log.debug(
+            "not prepacked: %s: %s=%s forces a kernel that reads the plain weight",
+            node.name,
+            INT4_KERNEL_ENV,
+            forced,
         )
-    for node in list(graph.nodes):
-        if node.op == "get_attr" and not node.users and node.target in packed_attrs:
-            graph.erase_node(node)
-    return count
+        return 0
+    x, q, scale, zero_point, group_size, bias = (list(node.args) + [None])[:6]
+    bias = node.kwargs.get("bias", bias)
+    why = _skip_reason(node, x, [q], consts.gm, int4_gemv.K_STEP)
+    if why:
+        log.debug("not prepacked: %s: %s", node.name, why)
+        return 0
+    qdata = getattr(consts.gm, q.target)
+    n = qdata.shape[0]
+    with graph.inserting_before(node):
+        packed = consts.get(graph, (q.target, "packed"), lambda: pack_int4_blocked(qdata))
+    _swap(
+        graph,
+        node,
+        torch.ops.inductor_quant.int4_weight_linear_packed.default,
+        (x, packed, scale, zero_point, group_size, bias, node.kwargs.get("out_dtype"), n),
+        f"int4 weight {q.target} [{n}, {2 * qdata.shape[1]}] g{group_size} (M={_static_rows(x)})",
+    )
+    counters["inductor_quant"]["int4_prepacked"] += 1
+    return 1
+
+
+def _prepack_aten_int4(graph: Graph, node: Node, consts: _Constants) -> int:
+    """aten's CPU int4 matmul on constants -> the package's packed op (its lowering is then ours)."""
+    x, w, group_size, sz = node.args
+    why = _skip_reason(node, x, [w, sz], consts.gm, int4_gemv.K_STEP)
+    if why:
+        log.info("not taken over: aten int4 matmul %s stays on aten's kernel: %s", node.name, why)
+        return 0
+    weight, scales_zeros = getattr(consts.gm, w.target), getattr(consts.gm, sz.target)
+    n, k = weight.shape[0], x.meta["val"].shape[-1]
+    groups = k // group_size if group_size in INT4_GROUP_SIZES and k % group_size == 0 else None
+    if groups is None or n % ATEN_INT4_N_MULTIPLE or tuple(scales_zeros.shape) != (groups, n, 2):
+        log.info(
+            "not taken over: aten int4 matmul %s: group_size=%s, N=%d, scales_and_zeros %s (expected [K/g, N, 2])",
+            node.name,
+            group_size,
+            n,
+            tuple(scales_zeros.shape),
+        )
+        return 0
+    sz32 = scales_zeros.float()
+    with graph.inserting_before(node):
+        packed = consts.get(
+            graph,
+            (w.target, "from_aten"),
+            lambda: pack_int4_blocked(pack_int4(unpack_aten_int4(weight, n, k))),
+        )
+        scale = consts.get(graph, (sz.target, "scale"), lambda: sz32[:, :, 0].t().contiguous())
+        offset = consts.get(
+            graph, (sz.target, "offset"), lambda: (sz32[:, :, 1] - 8 * sz32[:, :, 0]).t().contiguous()
+        )
+    _swap(
+        graph,
+        node,
+        torch.ops.inductor_quant.int4_weight_linear_packed.default,
+        (x, packed, scale, offset, group_size, None, None, n, True),
+        f"aten int4 weight {w.target} [{n}, {k}] g{group_size} (M={_static_rows(x)})",
+    )
+    counters["inductor_quant"]["int4_prepacked_from_aten"] += 1
+    return 1

@@ -22,7 +22,7 @@ from torch.fx import Graph, Node
 
 import inductor_quant
 
-from ..settings import forced_int8_kernel
+from ..settings import forced_int4_kernel, forced_int8_kernel
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,8 @@ class _PackagePass(CustomGraphPass):
 
     def uuid(self) -> bytes:
         # The forced-kernel switch changes what the lowerings emit, so it is part of the key too.
-        return package_source_hash() + self.stage.encode() + str(forced_int8_kernel()).encode()
+        forced = f"{forced_int8_kernel()},{forced_int4_kernel()}"
+        return package_source_hash() + self.stage.encode() + forced.encode()
 
 
 class QuantRewritePass(_PackagePass):
@@ -305,9 +306,9 @@ class PrepackPass(_PackagePass):
     stage = "prepack"
 
     def run(self, graph: Graph) -> None:
-        from .prepack import prepack_int8_weights
+        from .prepack import prepack_weights
 
-        prepack_int8_weights(graph)
+        prepack_weights(graph)
 
     def uuid(self) -> None:
         return None

@@ -1,0 +1,103 @@
+"""What every scheme's lowering shares: choosing among kernels (autotune, once per problem), the timing log, and
+the shape tests that decide which kernels are offered."""
+
+from __future__ import annotations
+
+import logging
+
+from torch._dynamo.utils import counters
+
+from .._compat import inductor_internals
+
+log = logging.getLogger(__name__)
+_I = inductor_internals()
+
+# (op name, M, N, K, input dtypes..., out dtype) -> name of the winning choice, for this process
+_tuned: dict[tuple, str] = {}
+
+
+def reset_tuning_cache() -> None:
+    _tuned.clear()
+
+
+def select(
+    name: str,
+    choices: dict,
+    inputs: list,
+    layout,
+    forced: str | None,
+    key: tuple,
+    *,
+    scheme: str,
+    env: str = "",
+):
+    """Autotune among ``choices`` (name -> ChoiceCaller); a problem seen before reuses its winner untimed.
+
+    ``forced`` (from the ``env`` variable) restricts the choices to one; ``key`` is ``(M, N, K, dtypes...)``;
+    ``scheme`` prefixes the counters (``int8_lowered``, ``int4_kernel_int4_gemv``, ...).
+    """
+    if forced is not None:
+        if forced not in choices:
+            raise ValueError(f"{env}={forced!r} is not offered for {name} {key}; offered: {list(choices)}")
+        choices = {forced: choices[forced]}
+    remembered = _tuned.get((name, *key))
+    if remembered in choices and len(choices) > 1:
+        log.info("%s %s: reusing the tuned choice %s", name, key[:3], remembered)
+        counters["inductor_quant"][f"{scheme}_tuning_reused"] += 1
+        choices = {remembered: choices[remembered]}
+    _install_timing_log()
+    out, winner = _I.autotune_select_algorithm(name, list(choices.values()), inputs, layout)
+    chosen = next((n for n, c in choices.items() if c is winner), next(iter(choices)))
+    _tuned[(name, *key)] = chosen
+    counters["inductor_quant"][f"{scheme}_lowered"] += 1
+    counters["inductor_quant"][f"{scheme}_kernel_{chosen}"] += 1
+    log.info("%s M=%s N=%s K=%s x=%s: offered %s, chose %s", name, *key[:3], key[3], list(choices), chosen)
+    return out
+
+
+_timing_log_installed = False
+
+
+def _install_timing_log() -> None:
+    """Log the autotune timings of this package's choices (other autotunes are not looked at)."""
+    global _timing_log_installed
+    if _timing_log_installed:
+        return
+
+    def log_timings(timings, name, input_nodes, *_rest, **_kw) -> None:
+        # Called for every autotune in the process: look only at ours, and never raise into Inductor.
+        if not (
+            isinstance(name, str) and name.startswith("inductor_quant") and log.isEnabledFor(logging.DEBUG)
+        ):
+            return
+        try:
+            shapes = [list(n.get_size()) for n in input_nodes]
+            ranked = sorted(timings.items(), key=lambda kv: kv[1])
+            log.debug(
+                "autotune %s %s: %s", name, shapes, ", ".join(f"{c.name} {t * 1e3:.1f} us" for c, t in ranked)
+            )
+        except Exception as e:  # noqa: BLE001 - logging must not break compilation
+            log.debug("autotune %s: could not log timings (%s)", name, e)
+
+    _I.add_feedback_saver(log_timings)
+    _timing_log_installed = True
+
+
+def _static(*sizes) -> bool:
+    return all(isinstance(s, int) or s.is_number for s in sizes)
+
+
+def is_static_decode(mat1, max_m: int) -> bool:
+    """M (rows of the activation) is a static number of at most ``max_m``."""
+    m = mat1.get_size()[0]
+    return _static(m) and int(m) <= max_m
+
+
+def gemv_applies(mat1, weight, max_m: int, k_step: int) -> bool:
+    """A GEMV template needs a CPU device, static shapes, M <= ``max_m`` and K a multiple of its ``k_step``."""
+    if mat1.get_device() is None or mat1.get_device().type != "cpu":
+        return False
+    if not _static(*mat1.get_size(), *weight.get_size()):
+        return False
+    m, k = (int(s) for s in mat1.get_size())
+    return m <= max_m and k % k_step == 0

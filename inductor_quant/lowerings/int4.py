@@ -1,0 +1,125 @@
+"""Lowering of ``inductor_quant::int4_weight_linear`` and its prepacked variant: offer the kernels, autotune, pick.
+
+Decode (static M <= ``MAX_M``, CPU, K % 64 == 0): autotuned among
+  * ``dequant_mm``: the op's eager implementation (below);
+  * ``int4_gemv``: the CPP template of ``templates/cpp/int4_gemv.cpp`` on the plain ``[N, K / 2]`` nibbles, with
+    the scale, zero-point and bias epilogue fused (frozen weights of decode graphs are prepacked before this and
+    take its packed variant, the one choice there).
+  Identical problems are tuned once per process.
+Prefill (M > ``MAX_M``, or M dynamic) and shapes the template does not take: ``dequant_mm``
+  (``ops.int4_dequant_mm``): rows of W widened to the activation dtype by a native kernel one chunk at a time, each
+  chunk multiplied by the dense GEMM while it is hot in cache. The float weight is never whole, never stored.
+aten's ``_weight_int4pack_mm_for_cpu`` is not offered for this op: it needs its own packing of the weight
+(N % 16 == 0, a different nibble order), which a graph-input weight would pay for on every call.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._compat import inductor_internals
+from ..ops import int4_dequant_mm
+from ..settings import INT4_KERNEL_ENV, forced_int4_kernel
+from ..templates.cpp.int4_gemv import K_STEP, MAX_M, CppInt4GemvTemplate
+from .common import gemv_applies, is_static_decode, select
+
+_I = inductor_internals()
+L = _I.lowering
+
+
+def _int4_dequant_mm(x, qdata, scale, zero_point, bias=None, *, group_size, out_dtype=None):
+    # tensors first, as extern kernels are called: (inputs..., **kwargs)
+    return int4_dequant_mm(x, qdata, scale, zero_point, group_size, bias, out_dtype=out_dtype)
+
+
+dequant_mm_choice = _I.ExternKernelChoice(
+    _int4_dequant_mm, name="inductor_quant_int4_dequant_mm", has_out_variant=False
+)
+
+
+@L.register_lowering(torch.ops.inductor_quant.int4_weight_linear.default, type_promotion_kind=None)
+def int4_weight_linear_lowering(
+    x, qdata, scale, zero_point, group_size, bias=None, *, out_dtype=None, layout=None
+):
+    out_dtype = out_dtype or x.get_dtype()
+    x = _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(x))
+    qdata = _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(qdata))
+    m, k = x.get_size()
+    n = qdata.get_size()[0]
+    layout = _I.ir.FixedLayout(x.get_device(), out_dtype, [m, n])
+    weights = [_I.ir.ExternKernel.require_contiguous(_I.realize_inputs(t)) for t in (scale, zero_point)]
+    inputs = [x, qdata, *weights] + ([_I.realize_inputs(bias)] if bias is not None else [])
+    key = (m, n, k, *(t.get_dtype() for t in inputs), group_size, out_dtype)
+    forced = forced_int4_kernel()
+    choices = {
+        "dequant_mm": dequant_mm_choice.bind(inputs, layout, group_size=group_size, out_dtype=out_dtype)
+    }
+    if forced != "dequant_mm" and is_static_decode(x, MAX_M) and gemv_applies(x, qdata, MAX_M, K_STEP):
+        gemv: list = []
+        CppInt4GemvTemplate.add_choice(
+            gemv,
+            layout,
+            inputs,
+            has_bias=bias is not None,
+            packed=False,
+            n=int(n),
+            group_size=group_size,
+            zero_is_offset=False,
+        )
+        choices["int4_gemv"] = gemv[0]
+    return select(
+        "inductor_quant_int4_weight_linear",
+        choices,
+        inputs,
+        layout,
+        forced,
+        key,
+        scheme="int4",
+        env=INT4_KERNEL_ENV,
+    )
+
+
+@L.register_lowering(torch.ops.inductor_quant.int4_weight_linear_packed.default, type_promotion_kind=None)
+def int4_weight_linear_packed_lowering(
+    x,
+    packed_weight,
+    scale,
+    zero,
+    group_size,
+    bias,
+    out_dtype,
+    out_features,
+    zero_is_offset=False,
+    *,
+    layout=None,
+):
+    """The prepack pass only packs decode-shaped problems, so the GEMV template is the one choice."""
+    out_dtype = out_dtype or x.get_dtype()
+    x = _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(x))
+    m, k = (int(s) for s in x.get_size())
+    layout = _I.ir.FixedLayout(x.get_device(), out_dtype, [m, out_features])
+    inputs = [x] + [
+        _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(t)) for t in (packed_weight, scale, zero)
+    ]
+    if bias is not None:
+        inputs.append(_I.realize_inputs(bias))
+    gemv: list = []
+    CppInt4GemvTemplate.add_choice(
+        gemv,
+        layout,
+        inputs,
+        has_bias=bias is not None,
+        packed=True,
+        n=out_features,
+        group_size=group_size,
+        zero_is_offset=zero_is_offset,
+    )
+    return select(
+        "inductor_quant_int4_weight_linear_packed",
+        {"int4_gemv_packed": gemv[0]},
+        inputs,
+        layout,
+        None,
+        key=(m, out_features, k, *(t.get_dtype() for t in inputs), group_size, zero_is_offset, out_dtype),
+        scheme="int4",
+    )

@@ -1,0 +1,94 @@
+"""Shared Python side of the package's CPP GEMV templates (stage 6 of the pipeline).
+
+A template is a jinja C++ file next to this module plus the subclass that says which inputs it takes and which
+constants it renders. Every template writes ``Y`` ([M, N]) with its own fused epilogue (scale, zero point, bias);
+further pointwise nodes (an activation, a residual add) are fused by Inductor's scheduler as epilogue nodes.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ..._compat import inductor_internals
+
+_I = inductor_internals()
+
+# Largest M the templates are offered for: they re-read the activations once per row block and are compute-bound
+# past a few rows (benchmarks/: M = 16 already is), so prefill-sized M goes to a dequantize + dense GEMM kernel.
+MAX_M = 32
+
+
+@functools.cache
+def compiled_source(file_name: str):
+    """The jinja template, parsed once per process (parsing it per render cost ~10 ms x 2 per linear)."""
+    return _I.CppTemplate._template_from_string((Path(__file__).parent / file_name).read_text())
+
+
+class CppGemvTemplate(_I.CppTemplate):
+    """Base: ``input_nodes = [X, <weight tensors>..., (B)]``; subclasses set ``source``, ``weight_inputs``
+    (the jinja names of the tensors between X and B) and ``options``."""
+
+    source: ClassVar[str]
+    weight_inputs: ClassVar[tuple[str, ...]]
+
+    def __init__(self, name: str, input_nodes, layout, *, has_bias: bool, packed: bool, n: int, **extra):
+        super().__init__(name, input_nodes, layout, _I.parallel_num_threads())
+        self.has_bias = has_bias
+        self.packed = packed
+        self.n = n
+        self.extra = extra
+
+    @classmethod
+    def add_choice(cls, choices: list, layout, input_nodes: list, **kwargs) -> None:
+        """Append this template's choice for ``input_nodes``."""
+        choices.append(cls(input_nodes, layout, **kwargs).generate())
+
+    def options(self, X) -> dict[str, Any]:
+        """Scheme-specific constants for the jinja source."""
+        raise NotImplementedError
+
+    def render(
+        self,
+        kernel,
+        template_buffer_node=None,
+        flag_template_buffer_has_other_users=None,
+        epilogue_nodes=None,
+        **kwargs,
+    ) -> str:
+        X, *rest = self.input_nodes
+        weights = dict(zip(self.weight_inputs, rest, strict=False))
+        B = rest[len(self.weight_inputs)] if self.has_bias else None
+        Y = template_buffer_node if template_buffer_node is not None else self.output_node
+        m, k = (int(s) for s in X.get_size())
+
+        def store_epilogue() -> str:
+            # Rendered after def_kernel, so the epilogue reads Y through the kernel's own argument.
+            # the epilogue may see the output as [..., N] (a 3-D activation): give it Y viewed in its shape
+            dst = epilogue_nodes[-1]
+            src = Y if list(dst.get_size()) == list(Y.get_size()) else kernel.view(Y, dst.get_size())
+            return kernel.store_output(dst, src, orig_src=Y, epilogue_nodes=epilogue_nodes)
+
+        options = dict(
+            kernel=kernel,
+            template=self,
+            X=X,
+            **weights,
+            B=B,
+            Y=Y,
+            M=m,
+            N=self.n,
+            K=k,
+            packed=self.packed,
+            x_is_bf16=X.get_dtype() == torch.bfloat16,
+            x_is_f32=X.get_dtype() == torch.float32,
+            num_threads=self.num_threads,
+            export_declaration="",
+            epilogue_nodes=epilogue_nodes,
+            store_epilogue=store_epilogue,
+            **self.options(X),
+        )
+        return compiled_source(self.source).render(**options)

@@ -1,0 +1,362 @@
+// int4 groupwise weight-only GEMV-shaped GEMM for decode (small M):
+//   Y[m, n] = sum_k X[m, k] * (q[n, k] - zp[n, g]) * s[n, g] (+ B[n]),  g = k / GS.
+//
+// Decode is bound by unpacking (2 cores) or by memory, so the kernel unpacks each weight byte once and splits the
+// sum per group as
+//   sum_g s[n, g] * dot_g(X[m], q[n])  -  sum_g s[n, g] * zp[n, g] * xsum[m, g],    xsum[m, g] = sum_{k in g} X[m, k]
+// The first term is the vector loop: threads split W into blocks of NR = 4 rows, walked along K 128 values (64
+// bytes, one cache line per row) at a time; each step unpacks the nibbles with shifts and masks (no shuffles, see
+// the plane note below) and multiplies them with every row of X while they are in registers. The second term is a
+// short dot product over groups, once per output.
+//   * bf16 activations (AVX512-BF16): a nibble q becomes the bf16 number 128 + q with one OR (0x4300 | q); the
+//     extra 128 is folded into the zero point (zp + 128). Products bf16 x bf16 are exact, sums fp32.
+//   * fp32 / fp16 activations: nibbles widened to fp32 (exact), fp32 FMAs; fp16 X is widened to fp32 once.
+// The activations are permuted once per call into the order the planes come out in.
+// Where W lives is a matter of strides: step t of row r of block b is at W + b * 2K + r * RS + t * KS, with
+// RS = 64, KS = 256 for the layout prepacked at compile time ([N/4][K/128][4][64 bytes], one stream per block)
+// and RS = K / 2, KS = 64 for the plain [N, K / 2] storage of a weight that is a graph input.
+// ---
+{{template.header().getvalue()}}
+#include <immintrin.h>
+#include <algorithm>
+#include <cstring>
+#include <memory>
+
+#ifndef INDUCTOR_QUANT_INT4_GEMV_HELPERS
+#define INDUCTOR_QUANT_INT4_GEMV_HELPERS  // a graph's kernels share one translation unit: define helpers once
+namespace {
+constexpr int64_t IQ4_NR = 4;              // weight rows per block
+constexpr int64_t IQ4_STEP = 128;          // K values per step: 64 bytes (one cache line) of each row
+constexpr int64_t IQ4_PREFETCH_STEPS = 16; // 4 KiB ahead in the packed layout (as the int8 kernel)
+
+// element kinds of S and Z, fixed per kernel by the template; IQ_OFFSET: Z is an fp32 offset c, W = q * s + c
+enum IqKind { IQ_F32 = 0, IQ_BF16 = 1, IQ_F16 = 2, IQ_U8 = 3, IQ_OFFSET = 4 };
+
+template <int KIND>
+inline float iq4_get(const void* p, int64_t i) {
+    if constexpr (KIND == IQ_F32) {
+        return static_cast<const float*>(p)[i];
+    } else if constexpr (KIND == IQ_BF16) {
+        uint32_t u = static_cast<uint32_t>(static_cast<const uint16_t*>(p)[i]) << 16;
+        float f;
+        std::memcpy(&f, &u, 4);
+        return f;
+    } else if constexpr (KIND == IQ_F16) {
+        return static_cast<float>(static_cast<const _Float16*>(p)[i]);
+    } else {
+        return static_cast<float>(static_cast<const uint8_t*>(p)[i]);
+    }
+}
+
+#if defined(__AVX512F__)
+// n (<= 16) elements of kind KIND from p + i, widened to fp32 lanes (the rest zero)
+template <int KIND>
+inline __m512 iq4_load16(const void* p, int64_t i, int64_t n) {
+    const __mmask16 mask = n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+    if constexpr (KIND == IQ_F32) {
+        return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(p) + i);
+    } else if constexpr (KIND == IQ_BF16) {
+        const __m256i h = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(p) + i);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    } else if constexpr (KIND == IQ_F16) {
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(p) + i));
+    } else {
+        return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, static_cast<const uint8_t*>(p) + i)));
+    }
+}
+#endif
+
+// Per row of a block: fp32 scales and zero-point coefficients -s * (zp + zbias) (an offset c: c - s * zbias),
+// one per group.
+template <int S_KIND, int Z_KIND>
+inline void iq4_row_coefs(const void* S, const void* Z, int64_t row, int64_t G, float zbias, float* sc, float* co) {
+    int64_t g = 0;
+#if defined(__AVX512F__)
+    const __m512 vb = _mm512_set1_ps(zbias);
+    for (; g < G; g += 16) {
+        const int64_t n = std::min<int64_t>(16, G - g);
+        const __mmask16 mask = n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+        const __m512 s = iq4_load16<S_KIND>(S, row * G + g, n);
+        _mm512_mask_storeu_ps(sc + g, mask, s);
+        if constexpr (Z_KIND == IQ_OFFSET) {
+            const __m512 c = iq4_load16<IQ_F32>(Z, row * G + g, n);
+            _mm512_mask_storeu_ps(co + g, mask, _mm512_fnmadd_ps(s, vb, c));
+        } else {
+            const __m512 z = iq4_load16<Z_KIND>(Z, row * G + g, n);
+            _mm512_mask_storeu_ps(co + g, mask, _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(s, _mm512_add_ps(z, vb))));
+        }
+    }
+#endif
+    for (; g < G; ++g) {
+        const float s = iq4_get<S_KIND>(S, row * G + g);
+        sc[g] = s;
+        if constexpr (Z_KIND == IQ_OFFSET) co[g] = iq4_get<IQ_F32>(Z, row * G + g) - s * zbias;
+        else co[g] = -s * (iq4_get<Z_KIND>(Z, row * G + g) + zbias);
+    }
+}
+
+inline float iq4_dot(const float* a, const float* b, int64_t n) {
+#if defined(__AVX512F__)
+    __m512 acc = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+    if (i < n) {
+        const __mmask16 tail = static_cast<__mmask16>((1u << (n - i)) - 1);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, a + i), _mm512_maskz_loadu_ps(tail, b + i), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+#else
+    float s = 0.f;
+    for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+    return s;
+#endif
+}
+
+#if defined(__AVX512F__)
+// The vector kernels walk K in steps of 128 values: 64 bytes per weight row, loaded as one zmm. Nibble p of
+// 16-bit word j (p = 0..3, low to high) is q[4j + p] (byte 2j holds k = 4j, 4j + 1; byte 2j + 1 holds 4j + 2, 4j + 3),
+// so the values come out in four "planes" with shifts and masks only, no shuffles. Whatever the activation
+// dtype, output lane i of a step covers k in [8i, 8i + 8): the groups of a step are runs of lanes.
+// Scale vector for the lanes of one step starting at k: one group (GS >= 128), or 128 / GS of them.
+template <int GS>
+inline __m512 iq4_scale_vec(const float* sc, int64_t k) {
+    if constexpr (GS >= IQ4_STEP) {
+        return _mm512_set1_ps(sc[k / GS]);
+    } else {
+        constexpr int per_step = IQ4_STEP / GS;  // 2 or 4 groups
+        constexpr int lanes = 16 / per_step;
+        const __m512i idx = _mm512_set_epi32(15 / lanes, 14 / lanes, 13 / lanes, 12 / lanes, 11 / lanes, 10 / lanes,
+                                             9 / lanes, 8 / lanes, 7 / lanes, 6 / lanes, 5 / lanes, 4 / lanes,
+                                             3 / lanes, 2 / lanes, 1 / lanes, 0);
+        const __mmask16 mask = static_cast<__mmask16>((1u << per_step) - 1);
+        return _mm512_permutexvar_ps(idx, _mm512_maskz_loadu_ps(mask, sc + k / GS));
+    }
+}
+#endif
+
+#if defined(__AVX512BF16__)
+// --- bf16 micro-kernel: out[m][r] = sum_g s[r, g] * dot_g(X[m], 128 + q[r]) for MT rows of X, NR rows of W ---
+// Plane p of a step is the bf16 numbers 128 + q[4j + p] (0x4300 | nibble); X is de-interleaved to match:
+// xe[step + 32p + j] = X[step + 4j + p].
+template <int MT, int NR, int GS>
+inline void iq4_dot_bf16(const uint8_t* const* wr, int64_t KS, int64_t K, const uint16_t* xe, int64_t ldx,
+                         const float* const* sc, float* out, int64_t ldo) {
+    constexpr int64_t SPAN = GS > IQ4_STEP ? GS : IQ4_STEP;  // values between two scale applications
+    const __m512i nib = _mm512_set1_epi16(0x000F);
+    const __m512i bias = _mm512_set1_epi16(0x4300);  // bf16 128.0
+    __m512 acc[MT][NR];
+    for (int m = 0; m < MT; ++m)
+        for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();
+    for (int64_t k0 = 0; k0 < K; k0 += SPAN) {
+        // one row of X: two chains of partial sums (planes 0, 1 and 2, 3) hide the dot-product latency; more rows
+        // have chains enough, and a second set of accumulators would spill (measured: M = 2 1.45x slower)
+        __m512 part[2][MT][NR];
+        for (int c = 0; c < 2; ++c)
+            for (int m = 0; m < MT; ++m)
+                for (int r = 0; r < NR; ++r) part[c][m][r] = _mm512_setzero_ps();
+        for (int64_t k = k0; k < k0 + SPAN; k += IQ4_STEP) {
+            const int64_t off = (k / IQ4_STEP) * KS;
+            for (int r = 0; r < NR; ++r) {
+                _mm_prefetch(reinterpret_cast<const char*>(wr[r] + off + IQ4_PREFETCH_STEPS * KS), _MM_HINT_T0);
+                const __m512i w = _mm512_loadu_si512(wr[r] + off);
+                const __m512bh plane[4] = {
+                    (__m512bh)_mm512_ternarylogic_epi32(w, nib, bias, 0xEA),  // (w & nib) | bias
+                    (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi16(w, 4), nib, bias, 0xEA),
+                    (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi16(w, 8), nib, bias, 0xEA),
+                    (__m512bh)_mm512_or_si512(_mm512_srli_epi16(w, 12), bias),
+                };
+                for (int p = 0; p < 4; ++p) {
+                    const int c = MT == 1 ? p / 2 : 0;
+                    for (int m = 0; m < MT; ++m)
+                        part[c][m][r] = _mm512_dpbf16_ps(
+                            part[c][m][r], plane[p], (__m512bh)_mm512_loadu_si512(xe + m * ldx + k + 32 * p));
+                }
+            }
+        }
+        for (int r = 0; r < NR; ++r) {
+            const __m512 s = iq4_scale_vec<GS>(sc[r], k0);
+            for (int m = 0; m < MT; ++m)
+                acc[m][r] = _mm512_fmadd_ps(_mm512_add_ps(part[0][m][r], part[1][m][r]), s, acc[m][r]);
+        }
+    }
+    for (int m = 0; m < MT; ++m)
+        for (int r = 0; r < NR; ++r) out[m * ldo + r] = _mm512_reduce_add_ps(acc[m][r]);
+}
+#endif
+
+#if defined(__AVX512F__)
+// --- fp32 micro-kernel: out[m][r] = sum_g s[r, g] * dot_g(X[m], q[r]) for MT rows of fp32 X, NR rows of W ---
+// On 32-bit lanes a step has eight planes: plane p is q[8i + p] (nibble p of dword i); xe[step + 16p + i] =
+// X[step + 8i + p].
+template <int MT, int NR, int GS>
+inline void iq4_dot_f32(const uint8_t* const* wr, int64_t KS, int64_t K, const float* xe, int64_t ldx,
+                        const float* const* sc, float* out, int64_t ldo) {
+    constexpr int64_t SPAN = GS > IQ4_STEP ? GS : IQ4_STEP;
+    const __m512i nib = _mm512_set1_epi32(0xF);
+    __m512 acc[MT][NR];
+    for (int m = 0; m < MT; ++m)
+        for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();
+    for (int64_t k0 = 0; k0 < K; k0 += SPAN) {
+        __m512 part[2][MT][NR];
+        for (int c = 0; c < 2; ++c)
+            for (int m = 0; m < MT; ++m)
+                for (int r = 0; r < NR; ++r) part[c][m][r] = _mm512_setzero_ps();
+        for (int64_t k = k0; k < k0 + SPAN; k += IQ4_STEP) {
+            const int64_t off = (k / IQ4_STEP) * KS;
+            for (int r = 0; r < NR; ++r) {
+                _mm_prefetch(reinterpret_cast<const char*>(wr[r] + off + IQ4_PREFETCH_STEPS * KS), _MM_HINT_T0);
+                const __m512i w = _mm512_loadu_si512(wr[r] + off);
+                for (int p = 0; p < 8; ++p) {
+                    const __m512 plane = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(w, 4 * p), nib));
+                    for (int m = 0; m < MT; ++m)
+                        part[p % 2][m][r] = _mm512_fmadd_ps(plane, _mm512_loadu_ps(xe + m * ldx + k + 16 * p), part[p % 2][m][r]);
+                }
+            }
+        }
+        for (int r = 0; r < NR; ++r) {
+            const __m512 s = iq4_scale_vec<GS>(sc[r], k0);
+            for (int m = 0; m < MT; ++m)
+                acc[m][r] = _mm512_fmadd_ps(_mm512_add_ps(part[0][m][r], part[1][m][r]), s, acc[m][r]);
+        }
+    }
+    for (int m = 0; m < MT; ++m)
+        for (int r = 0; r < NR; ++r) out[m * ldo + r] = _mm512_reduce_add_ps(acc[m][r]);
+}
+
+// MT rows of X against the 4 rows of a block: two passes of 2 rows when MT > 2 (the accumulators fit registers)
+template <int MT, int GS, typename XT>
+inline void iq4_block(const uint8_t* const* wr, int64_t KS, int64_t K, const XT* xe, int64_t ldx,
+                      const float* const* sc, float* out) {
+    constexpr int NR = MT > 2 ? 2 : IQ4_NR;
+    for (int r0 = 0; r0 < IQ4_NR; r0 += NR) {
+#if defined(__AVX512BF16__)
+        if constexpr (sizeof(XT) == 2) {
+            iq4_dot_bf16<MT, NR, GS>(wr + r0, KS, K, reinterpret_cast<const uint16_t*>(xe), ldx, sc + r0, out + r0, IQ4_NR);
+            continue;
+        }
+#endif
+        if constexpr (sizeof(XT) == 4)
+            iq4_dot_f32<MT, NR, GS>(wr + r0, KS, K, reinterpret_cast<const float*>(xe), ldx, sc + r0, out + r0, IQ4_NR);
+    }
+}
+#endif
+
+// --- portable fallback (no AVX512): the same sums from fp32 X in natural k order, scalar ---
+inline void iq4_dot_scalar(const uint8_t* const* wr, int64_t KS, int64_t K, int64_t GS, const float* x, int64_t ldx,
+                           int64_t mt, const float* const* sc, float* out) {
+    for (int64_t m = 0; m < mt; ++m)
+        for (int r = 0; r < IQ4_NR; ++r) {
+            float total = 0.f;
+            for (int64_t k0 = 0; k0 < K; k0 += GS) {
+                float part = 0.f;
+                for (int64_t k = k0; k < k0 + GS; k += 2) {
+                    const uint8_t b = wr[r][(k / IQ4_STEP) * KS + (k % IQ4_STEP) / 2];
+                    part += x[m * ldx + k] * (b & 0xF) + x[m * ldx + k + 1] * (b >> 4);
+                }
+                total += part * sc[r][k0 / GS];
+            }
+            out[m * IQ4_NR + r] = total;
+        }
+}
+}  // namespace
+#endif  // INDUCTOR_QUANT_INT4_GEMV_HELPERS
+
+extern "C" {{export_declaration}}
+{{kernel.def_kernel(inputs={"X": X, "W": W, "S": S, "Z": Z, "B": B}, outputs={"Y": Y}, aliases=None)}}
+{
+    // inductor_quant int4_gemv: M={{M}} N={{N}} K={{K}} group={{GS}} weight={{ "packed" if packed else "row-major" }} bias={{ B is not none }}
+    constexpr int64_t M = {{M}};
+    constexpr int64_t N = {{N}};
+    constexpr int64_t K = {{K}};               // a multiple of IQ4_STEP
+    constexpr int64_t GS = {{GS}};             // group size: 32, 64, 128 or 256
+    constexpr int64_t G = K / GS;
+    constexpr int64_t RS = {{row_stride}};     // see the layout note above
+    constexpr int64_t KS = {{step_stride}};
+    constexpr int S_KIND = {{s_kind}};
+    constexpr int Z_KIND = {{z_kind}};
+    constexpr int64_t n_blocks = (N + IQ4_NR - 1) / IQ4_NR;
+{%- if x_is_bf16 %}
+#if defined(__AVX512BF16__)
+#define IQ4_PATH_BF16 1
+#endif
+{%- endif %}
+#if defined(IQ4_PATH_BF16)
+    constexpr float zbias = 128.f;   // the unpacked nibbles are 128 + q
+    using xe_t = uint16_t;
+#elif defined(__AVX512F__)
+#define IQ4_PATH_F32 1
+    constexpr float zbias = 0.f;
+    using xe_t = float;
+#else
+    constexpr float zbias = 0.f;
+    using xe_t = float;
+#endif
+    // --- once per call: X in the kernels' plane order (see iq4_dot_bf16 / iq4_dot_f32), and its per-group sums ---
+    std::unique_ptr<xe_t[]> xe_owner(new xe_t[M * K]);
+    std::unique_ptr<float[]> xsum_owner(new float[M * G]);
+    xe_t* xe = xe_owner.get();
+    float* xsum = xsum_owner.get();
+    for (int64_t m = 0; m < M; ++m) {
+        for (int64_t g = 0; g < G; ++g) {
+            float s = 0.f;
+            for (int64_t k = g * GS; k < (g + 1) * GS; ++k) s += static_cast<float>(X[m * K + k]);
+            xsum[m * G + g] = s;
+        }
+        for (int64_t k = 0; k < K; ++k) {
+            const int64_t step = k - k % IQ4_STEP, o = k % IQ4_STEP;
+#if defined(IQ4_PATH_BF16)
+            uint16_t bits;
+            std::memcpy(&bits, &X[m * K + k], 2);
+            xe[m * K + step + 32 * (o % 4) + o / 4] = bits;
+#elif defined(IQ4_PATH_F32)
+            xe[m * K + step + 16 * (o % 8) + o / 8] = static_cast<float>(X[m * K + k]);
+#else
+            xe[m * K + k] = static_cast<float>(X[m * K + k]);
+#endif
+        }
+    }
+
+    #pragma omp parallel for num_threads({{num_threads}}) schedule(static)
+    for (int64_t nb = 0; nb < n_blocks; ++nb) {
+        const int64_t n0 = nb * IQ4_NR;
+        const int64_t rows = std::min<int64_t>(IQ4_NR, N - n0);
+        // rows past N (last block of a plain weight) re-read the last row; their sums are dropped
+        const uint8_t* wr[IQ4_NR];
+        float sc_rows[IQ4_NR][G], co_rows[IQ4_NR][G];
+        const float* sc[IQ4_NR];
+        for (int64_t r = 0; r < IQ4_NR; ++r) {
+            const int64_t row = n0 + std::min<int64_t>(r, rows - 1);
+            wr[r] = W + n0 * (K / 2) + std::min<int64_t>(r, rows - 1) * RS;
+            iq4_row_coefs<S_KIND, Z_KIND>(S, Z, row, G, zbias, sc_rows[r], co_rows[r]);
+            sc[r] = sc_rows[r];
+        }
+        alignas(64) float acc[M * IQ4_NR];
+#if defined(IQ4_PATH_BF16) || defined(IQ4_PATH_F32)
+        int64_t m = 0;
+        for (; m + 4 <= M; m += 4) iq4_block<4, GS>(wr, KS, K, xe + m * K, K, sc, acc + m * IQ4_NR);
+        switch (M - m) {
+            case 3: iq4_block<3, GS>(wr, KS, K, xe + m * K, K, sc, acc + m * IQ4_NR); break;
+            case 2: iq4_block<2, GS>(wr, KS, K, xe + m * K, K, sc, acc + m * IQ4_NR); break;
+            case 1: iq4_block<1, GS>(wr, KS, K, xe + m * K, K, sc, acc + m * IQ4_NR); break;
+            default: break;
+        }
+#else
+        iq4_dot_scalar(wr, KS, K, GS, xe, K, M, sc, acc);
+#endif
+        // --- epilogue: + zero-point term (+ bias) in fp32, one rounding to Y's dtype ---
+        for (int64_t mm = 0; mm < M; ++mm)
+            for (int64_t r = 0; r < rows; ++r) {
+                float out = acc[mm * IQ4_NR + r] + iq4_dot(co_rows[r], xsum + mm * G, G);
+{%- if B is not none %}
+                out += static_cast<float>(B[n0 + r]);
+{%- endif %}
+                Y[mm * N + n0 + r] = static_cast<{{kernel.dtype(Y)}}>(out);
+            }
+    }
+{%- if epilogue_nodes %}
+    // --- fused epilogue nodes (activation, residual, ...) over the whole output ---
+    {{ store_epilogue() }}
+{%- endif %}
+#undef IQ4_PATH_BF16
+#undef IQ4_PATH_F32
+}

@@ -1,0 +1,59 @@
+"""CPP template for decode-shaped int4 groupwise weight-only matmuls: loads ``int4_gemv.cpp``.
+
+Two weight layouts (strides only): the blocked layout the prepack pass makes from frozen weights
+(``primitives.pack_int4_blocked``) and the plain ``[N, K / 2]`` storage of a weight that is a graph input. The
+scale, zero-point and bias epilogue is fused in the kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .gemv import MAX_M, CppGemvTemplate
+
+__all__ = ["K_STEP", "MAX_M", "CppInt4GemvTemplate"]
+
+# The kernel walks K in steps of this many values (64 bytes per weight row); K must be a multiple.
+K_STEP = 128
+# element kinds of the scale / zero-point inputs (IqKind in int4_gemv.cpp); IQ_OFFSET: Z is an fp32 offset c with
+# W = q * s + c instead of a zero point
+_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.uint8: 3}
+IQ_OFFSET = 4
+
+
+class CppInt4GemvTemplate(CppGemvTemplate):
+    """``Y = X @ ((q - Z) * S).T (+ B)`` per group for small M: X ``[M, K]`` float, W the nibbles (``[N, K / 2]``
+    or, if ``packed``, blocked), S / Z ``[N, K / group_size]``, B ``[N]``. With ``zero_is_offset`` Z is an fp32
+    offset: ``W = q * S + Z``."""
+
+    source = "int4_gemv.cpp"
+    weight_inputs = ("W", "S", "Z")
+
+    def __init__(
+        self,
+        input_nodes,
+        layout,
+        *,
+        has_bias: bool,
+        packed: bool,
+        n: int,
+        group_size: int,
+        zero_is_offset: bool,
+    ):
+        super().__init__(
+            "inductor_quant_int4_gemv", input_nodes, layout, has_bias=has_bias, packed=packed, n=n
+        )
+        self.group_size = group_size
+        self.zero_is_offset = zero_is_offset
+
+    def options(self, X):
+        _, _, S, Z = self.input_nodes[:4]
+        k = int(X.get_size()[1])
+        # see the layout note at the top of int4_gemv.cpp
+        return dict(
+            GS=self.group_size,
+            row_stride=K_STEP // 2 if self.packed else k // 2,
+            step_stride=4 * K_STEP // 2 if self.packed else K_STEP // 2,
+            s_kind=_KINDS[S.get_dtype()],
+            z_kind=IQ_OFFSET if self.zero_is_offset else _KINDS[Z.get_dtype()],
+        )
