@@ -7,6 +7,7 @@ supports is one ``@implements`` block.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -91,6 +92,19 @@ class QuantizedWeightTensor(torch.Tensor):
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x @ W.T (+ bias)`` through this scheme's quantized op, for an ``[M, K]`` activation."""
         raise NotImplementedError
+
+    def _stable_hash_for_caching(self) -> str:
+        """AOTAutograd's cache key for this tensor: its metadata (class, shape, dtypes, attributes, inner layouts),
+        not its values, as for any tensor input."""
+        parts = [
+            type(self).__qualname__,
+            tuple(self.shape),
+            str(self.dtype),
+            self.transposed,
+            sorted(self._attrs().items()),
+        ]
+        parts += [(tuple(t.shape), tuple(t.stride()), str(t.dtype), str(t.device)) for t in self._tensors()]
+        return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
 
     def nbytes_quantized(self) -> int:
         """Bytes held by the inner tensors."""

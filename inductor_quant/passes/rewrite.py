@@ -295,7 +295,10 @@ class QuantRewritePass(_PackagePass):
     stage = "rewrite"
 
     def run(self, graph: Graph) -> None:
+        from .rewrite_int4 import rewrite_int4_linears
+
         rewrite_int8_linears(graph)
+        rewrite_int4_linears(graph)
 
 
 class PrepackPass(_PackagePass):

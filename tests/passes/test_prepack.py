@@ -51,3 +51,48 @@ def test_prefill_shapes_are_not_packed():
     _, code = compile_and_run(SharedWeight(), torch.randn(33, 64, dtype=torch.bfloat16))
     assert counters["inductor_quant"]["int8_prepacked"] == 0
     assert counters["inductor_quant"]["int8_kernel_dequant_mm"] == 2
+
+
+# --- int4 ---------------------------------------------------------------------------------------------
+
+
+class SharedInt4Weight(nn.Module):
+    """Two int4 linears reading the same weight; N = 42 is padded to 44 rows when packed."""
+
+    def __init__(self, k=256, n=42):
+        super().__init__()
+        import inductor_quant as iq
+
+        self.lin = iq.quantize_(nn.Linear(k, n).to(torch.bfloat16), iq.Int4WeightOnlyConfig(group_size=32))
+
+    def forward(self, x):
+        return self.lin(x) + self.lin(x * 2)
+
+    def reference(self, x):
+        from inductor_quant.primitives import int4_linear_reference
+
+        w, b = self.lin.weight, self.lin.bias
+        return int4_linear_reference(x, w.qdata, w.scale, w.zero_point, 32, b) + int4_linear_reference(
+            x * 2, w.qdata, w.scale, w.zero_point, 32, b
+        )
+
+
+def test_a_shared_int4_weight_is_packed_once():
+    model = SharedInt4Weight()
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    out, code = compile_and_run(model, x)
+    assert counters["inductor_quant"]["int4_prepacked"] == 2
+    assert counters["inductor_quant"]["int4_prepacked_bytes"] == 44 * 256 // 2
+    assert code.count("_iq_packed = rand_strided") == 1
+    verify(out, model.reference(x))
+
+
+def test_int4_prepack_off_and_prefill_read_the_plain_weight():
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    out, code = compile_and_run(SharedInt4Weight(), x, options={"inductor_quant.prepack": False})
+    assert counters["inductor_quant"]["int4_prepacked"] == 0 and "_iq_packed" not in code
+    counters.clear()
+    torch._dynamo.reset()
+    _, code = compile_and_run(SharedInt4Weight(), torch.randn(33, 256, dtype=torch.bfloat16))
+    assert counters["inductor_quant"]["int4_prepacked"] == 0
+    assert counters["inductor_quant"]["int4_kernel_dequant_mm"] == 2

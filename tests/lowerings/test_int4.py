@@ -1,0 +1,172 @@
+"""Lowering of int4_weight_linear (and of aten's int4 matmul on constants): every kernel, every group size and
+activation dtype, odd N, prefill and unsupported K; epilogue fusion; tuning once."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import compile_and_run, verify
+from torch import nn
+from torch._dynamo.utils import counters
+from torch.testing import FileCheck
+
+import inductor_quant as iq
+from inductor_quant.primitives import INT4_GROUP_SIZES, int4_linear_reference
+from inductor_quant.settings import INT4_KERNEL_ENV
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+class EveryGroup(nn.Module):
+    """One int4 linear per group size, on the same input: N = 65 (a partial block of rows), bias on two."""
+
+    def __init__(self, k=512, n=65, dtype=torch.bfloat16):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linears = nn.ModuleList(
+            iq.quantize_(nn.Linear(k, n, bias=i % 2 == 0).to(dtype), iq.Int4WeightOnlyConfig(group_size=g))
+            for i, g in enumerate(INT4_GROUP_SIZES)
+        )
+
+    def forward(self, x):
+        return torch.cat([lin(x) for lin in self.linears], dim=-1)
+
+    def reference(self, x, weight_dtype=torch.float32):
+        outs = []
+        for lin in self.linears:
+            w = lin.weight
+            outs.append(
+                int4_linear_reference(
+                    x, w.qdata, w.scale, w.zero_point, w.group_size, lin.bias, weight_dtype=weight_dtype
+                )
+            )
+        return torch.cat(outs, dim=-1)
+
+
+# (how the weight reaches the kernel, what the generated code shows, compile under grad?)
+PATHS = [
+    ("frozen", "weight=packed", False),  # frozen decode: weight prepacked at compile time
+    ("input", "weight=row-major", True),  # weights are graph inputs: the plain [N, K / 2] storage
+]
+
+
+@pytest.mark.parametrize("path, marker, grad", PATHS, ids=[p[0] for p in PATHS])
+@pytest.mark.parametrize("m", [1, 5])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemv_every_group_size_matches_reference(path, marker, grad, m, dtype, monkeypatch):
+    # reference: fp32 math on the exact int4 values; the kernel multiplies exact nibbles, sums in fp32, so only
+    # the output rounding differs (bf16 / fp16), whatever the activation dtype
+    monkeypatch.setenv(INT4_KERNEL_ENV, "int4_gemv")
+    model = EveryGroup(dtype=dtype)
+    x = torch.randn(m, 512, dtype=dtype)
+    out, code = compile_and_run(model, x, grad=grad)
+    assert counters["inductor_quant"]["int4_lowered"] == 4
+    assert code.count(f"inductor_quant int4_gemv: M={m} N=65 K=512") == 4
+    FileCheck().check(marker).run(code)
+    if path == "frozen":
+        assert counters["inductor_quant"]["int4_prepacked"] == 4
+        assert "dtype=torch.bfloat16" not in code.split("def call")[0] or dtype == torch.bfloat16
+    verify(out, model.reference(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_prefill_widens_chunks_and_keeps_int4(dtype):
+    model = EveryGroup(dtype=dtype)
+    x = torch.randn(40, 512, dtype=dtype)
+    out, code = compile_and_run(model, x)
+    assert counters["inductor_quant"]["int4_kernel_dequant_mm"] == 4
+    assert counters["inductor_quant"]["int4_prepacked"] == 0
+    FileCheck().check("extern_kernels.inductor_quant_int4_dequant_mm").run(code)
+    # the chunks are widened to x's dtype before the dense GEMM: reference with the weight rounded to it
+    verify(out, model.reference(x, weight_dtype=dtype), precision=dtype)
+
+
+def test_k_not_multiple_of_128_takes_dequant_mm_with_reason(caplog):
+    lin = iq.quantize_(nn.Linear(320, 24).to(torch.bfloat16), iq.Int4WeightOnlyConfig(group_size=64))
+    x = torch.randn(2, 320, dtype=torch.bfloat16)
+    with caplog.at_level(logging.DEBUG, logger="inductor_quant"):
+        out, _ = compile_and_run(lin, x)
+    assert "K=320 (needs K % 128 == 0)" in caplog.text
+    assert counters["inductor_quant"]["int4_kernel_dequant_mm"] == 1
+    w = lin.weight
+    expected = int4_linear_reference(x, w.qdata, w.scale, w.zero_point, 64, lin.bias, weight_dtype=x.dtype)
+    verify(out, expected)
+
+
+def test_unfrozen_decode_autotunes_and_logs_timings(caplog):
+    model = EveryGroup()
+    x = torch.randn(2, 512, dtype=torch.bfloat16)
+    with caplog.at_level(logging.DEBUG, logger="inductor_quant"):
+        out, _ = compile_and_run(model, x, grad=True)
+    assert "offered ['dequant_mm', 'int4_gemv']" in caplog.text
+    assert "autotune inductor_quant_int4_weight_linear" in caplog.text and " us" in caplog.text
+    verify(out, model.reference(x))
+
+
+def test_identical_layers_are_tuned_once():
+    torch.manual_seed(0)
+    layers = [
+        iq.quantize_(
+            nn.Linear(256, 256, bias=False).to(torch.bfloat16), iq.Int4WeightOnlyConfig(group_size=64)
+        )
+        for _ in range(4)
+    ]
+    x = torch.randn(4, 256, dtype=torch.bfloat16)
+    out, _ = compile_and_run(nn.Sequential(*layers), x, grad=True)
+    assert counters["inductor_quant"]["int4_lowered"] == 4
+    assert counters["inductor_quant"]["int4_tuning_reused"] == 3
+    with torch.no_grad():
+        verify(out, nn.Sequential(*layers)(x), precision=torch.bfloat16)
+
+
+def test_activation_after_gemv_is_fused_into_the_template():
+    lin = iq.quantize_(nn.Linear(256, 64).to(torch.bfloat16), iq.Int4WeightOnlyConfig(group_size=32))
+    x = torch.randn(2, 256, dtype=torch.bfloat16)
+    out, code = compile_and_run(nn.Sequential(lin, nn.SiLU()), x)
+    assert counters["inductor"]["cpp_epilogue_fusion_counter"] >= 1
+    FileCheck().check("inductor_quant int4_gemv").check("fused epilogue nodes").check("exp").run(code)
+    w = lin.weight
+    verify(out, F.silu(int4_linear_reference(x, w.qdata, w.scale, w.zero_point, 32, lin.bias)))
+
+
+class AtenInt4(nn.Module):
+    """gpt-fast / torchao style: aten's CPU int4 packing and matmul, written by hand."""
+
+    def __init__(self, n, k, group_size, dtype):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=g)
+        self.register_buffer("w", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+        scale = torch.rand(k // group_size, n, generator=g) / 20 + 1e-3
+        zero = torch.randn(k // group_size, n, generator=g) / 20
+        self.register_buffer("sz", torch.stack([scale, zero], dim=-1).to(dtype))
+        self.group_size = group_size
+
+    def forward(self, x):
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.w, self.group_size, self.sz)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, group_size", [(80, 32), (64, 256)])
+def test_aten_int4_matmul_on_constants_is_taken_over(dtype, n, group_size):
+    # N = 80: a full 64-row block of aten's layout plus a 16-row tail block
+    model = AtenInt4(n, 512, group_size, dtype)
+    x = torch.randn(3, 512, dtype=dtype)
+    out, code = compile_and_run(model, x)
+    assert counters["inductor_quant"]["int4_prepacked_from_aten"] == 1
+    FileCheck().check("weight=packed").check_not("aten._weight_int4pack_mm_for_cpu").run(code)
+    with torch.no_grad():
+        verify(out, model(x))  # reference: aten's own kernel, eager
+
+
+def test_aten_int4_matmul_on_graph_inputs_stays_on_aten():
+    model = AtenInt4(64, 256, 64, torch.bfloat16)
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    out, code = compile_and_run(model, x, options={"inductor_quant.freezing": False})
+    assert counters["inductor_quant"]["int4_prepacked_from_aten"] == 0
+    assert "aten._weight_int4pack_mm_for_cpu" in code
+    with torch.no_grad():
+        verify(out, model(x))
