@@ -51,7 +51,10 @@ def quantize_(
     count = 0
     for fqn, module in list(model.named_modules()):
         if filter_fn(module, fqn):
-            handler(module, config)
+            try:
+                handler(module, config)
+            except ValueError as e:
+                raise ValueError(f"quantize_ {type(config).__name__} on {fqn or 'the model'!r}: {e}") from e
             count += 1
     log.info("quantize_: %s applied to %d module(s)", type(config).__name__, count)
     return model

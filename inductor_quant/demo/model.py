@@ -22,7 +22,7 @@ class ModelSize:
 
 
 SIZES = {
-    "tiny": ModelSize(dim=256, hidden=704, layers=2, heads=4),
+    "tiny": ModelSize(dim=256, hidden=768, layers=2, heads=4),
     "small": ModelSize(dim=1024, hidden=2816, layers=4, heads=8),
     "base": ModelSize(dim=2048, hidden=5632, layers=8, heads=16),
     "7b-layer": ModelSize(dim=4096, hidden=11008, layers=2, heads=32),
