@@ -100,9 +100,18 @@ def bench(k, n, g, ms, count, stock_configs, probe, rounds, dtype=torch.bfloat16
         )  # fmt: skip
         print(_row(rows[-1]), flush=True)
         del c4, c8, stock, fns
-        torch._dynamo.reset()
-        gc.collect()
+        _free_compiled()
     return rows
+
+
+def _free_compiled() -> None:
+    """Drop this row's compiled graphs. Inductor's module cache keeps every generated module, and with it the
+    frozen constants and packed weights attached to it: without this a full run exceeds 24 GiB."""
+    from torch._inductor.codecache import PyCodeCache
+
+    torch._dynamo.reset()
+    PyCodeCache.cache_clear()
+    gc.collect()
 
 
 HEADER = (

@@ -54,9 +54,20 @@ _PLAIN_COMPILE = """
             self.register_buffer("w", torch.randint(-127, 128, (64, 128), generator=g, dtype=torch.int8))
             self.register_buffer("s", torch.rand(64, generator=g, dtype=torch.bfloat16))
             self.lin = torch.nn.Linear(64, 32).to(torch.bfloat16)
+            # an int4 dequantize chain and aten's int4 matmul: both are rewritten / taken over by quant_inductor
+            self.register_buffer("q4", torch.randint(0, 256, (32, 64), generator=g, dtype=torch.uint8))
+            self.register_buffer("s4", torch.rand(32, 4, generator=g, dtype=torch.bfloat16) / 10)
+            self.register_buffer("z4", torch.randint(0, 16, (32, 4), generator=g, dtype=torch.uint8))
+            q = torch.randint(0, 16, (32, 128), generator=g, dtype=torch.int32)
+            self.register_buffer("wa", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+            self.register_buffer("sz", torch.rand(4, 32, 2, generator=g, dtype=torch.bfloat16) / 10)
 
         def forward(self, x):
-            return self.lin(torch.relu(F.linear(x, self.w.to(x.dtype)) * self.s))
+            y = self.lin(torch.relu(F.linear(x, self.w.to(x.dtype)) * self.s))
+            nib = torch.stack([self.q4 & 0xF, self.q4 >> 4], dim=-1).view(32, -1, 32).to(x.dtype)
+            w4 = ((nib - self.z4.unsqueeze(-1).to(x.dtype)) * self.s4.unsqueeze(-1)).view(32, -1)
+            a = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, 128), self.wa, 32, self.sz)
+            return y + F.linear(x, w4) + a.view(y.shape)
 
     def plain_code():
         torch._dynamo.reset()
@@ -173,6 +184,12 @@ def test_torch_logs_shows_rewrites_kernels_and_timings():
         torch.compile(m, backend="quant_inductor")(x)          # grad on: no freezing, autotuned
         with torch.no_grad():
             torch.compile(m, backend="quant_inductor")(x)      # frozen: prepacked
+        m4 = torch.nn.Linear(256, 64).to(torch.bfloat16)
+        iq.quantize_(m4, iq.Int4WeightOnlyConfig(group_size=64))
+        x4 = torch.randn(2, 256, dtype=torch.bfloat16)
+        torch.compile(m4, backend="quant_inductor")(x4)
+        with torch.no_grad():
+            torch.compile(m4, backend="quant_inductor")(x4)
         """,
         env={"TORCH_LOGS": "+inductor_quant", "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"},
     )
@@ -181,3 +198,9 @@ def test_torch_logs_shows_rewrites_kernels_and_timings():
     assert re.search(r"offered \['aten', 'int8_gemv'\], chose \w+", log), log[-3000:]
     assert re.search(r"autotune inductor_quant_int8_weight_linear .*: .* us", log), log[-3000:]
     assert "-> blocked decode layout" in log and "kernel" in log
+    assert re.search(
+        r"int4_weight_linear M=2 N=64 K=256 .*offered \['dequant_mm', 'int4_gemv'\], chose \w+", log
+    )
+    assert re.search(r"prepacked .*int4 weight .* \[64, 256\] g64 \(M=2\) -> blocked decode layout", log), (
+        log[-3000:]
+    )
