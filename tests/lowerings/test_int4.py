@@ -170,3 +170,17 @@ def test_aten_int4_matmul_on_graph_inputs_stays_on_aten():
     assert "aten._weight_int4pack_mm_for_cpu" in code
     with torch.no_grad():
         verify(out, model(x))
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["frozen", "unfrozen"])
+def test_dynamic_shapes_compile_and_match(grad):
+    """With a symbolic M nothing can be specialised: the prefill kernel serves every M, correctly. (Dynamo still
+    specialises M = 1, whose static graph may take the decode kernel: exact nibbles, so the same reference holds.)"""
+    model = EveryGroup()
+    compiled = torch.compile(model, backend="quant_inductor", dynamic=True)
+    for m in (1, 7, 40):
+        x = torch.randn(m, 512, dtype=torch.bfloat16)
+        with torch.set_grad_enabled(grad):
+            out = compiled(x)
+        verify(out, model.reference(x, weight_dtype=torch.bfloat16))
+    assert counters["inductor_quant"]["int4_kernel_dequant_mm"] >= 4
