@@ -21,8 +21,9 @@ from inductor_quant.demo.timing import interleaved_medians
 from inductor_quant.primitives import INT4_GROUP_SIZES, sqnr
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-# end-to-end through every block of the built-in model; per layer int8 is >= 35 dB and int4 (g128) ~20 dB
-MIN_SQNR_DB = {"int8": 25.0, "int4": 17.0}
+# end-to-end through every block of the built-in model; per layer int8 is >= 35 dB and int4 (g128) ~20 dB, and the
+# errors of 7 linears per block add up (measured int4 g128: 20.3 dB on tiny, 17.2 dB on small)
+MIN_SQNR_DB = {"int8": 25.0, "int4": 15.0}
 
 
 class HandWrittenInt8Linear(nn.Module):
