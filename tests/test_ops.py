@@ -129,3 +129,18 @@ def test_int4_bad_arguments_name_the_value(change, match):
     a = change(dict(x=x, q=q, s=s, z=z, g=g))
     with pytest.raises(ValueError, match=match):
         int4_op(a["x"], a["q"], a["s"], a["z"], a["g"], b)
+
+
+@pytest.mark.parametrize("zero_is_offset", [False, True])
+def test_int4_packed_opcheck_and_unpacked_equivalence(zero_is_offset):
+    from inductor_quant.primitives import pack_int4_blocked
+
+    x, q, s, z, g, b = _int4_args(n=42, k=256, g=32)
+    packed_op4 = torch.ops.inductor_quant.int4_weight_linear_packed
+    zero = (-z.float() * s.float()) if zero_is_offset else z  # the offset form: W = q * s + zero
+    args = (x, pack_int4_blocked(q), s, zero, g, b, None, 42, zero_is_offset)
+    torch.library.opcheck(packed_op4, args)
+    # reference: the plain op on the unpacked weight (same math), within the bf16 output rounding
+    from conftest import verify
+
+    verify(packed_op4(*args), int4_op(x, q, s, z, g, b))
