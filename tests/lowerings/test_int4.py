@@ -184,3 +184,15 @@ def test_dynamic_shapes_compile_and_match(grad):
             out = compiled(x)
         verify(out, model.reference(x, weight_dtype=torch.bfloat16))
     assert counters["inductor_quant"]["int4_kernel_dequant_mm"] >= 4
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["frozen", "input"])
+def test_fewer_rows_than_a_block(grad, monkeypatch):
+    # N = 3 < the template's 4-row block: a padded packed block, or a clamped last row of the plain weight
+    monkeypatch.setenv(INT4_KERNEL_ENV, "int4_gemv")
+    lin = iq.quantize_(nn.Linear(128, 3).to(torch.bfloat16), iq.Int4WeightOnlyConfig(group_size=128))
+    x = torch.randn(2, 128, dtype=torch.bfloat16)
+    out, code = compile_and_run(lin, x, grad=grad)
+    assert "inductor_quant int4_gemv: M=2 N=3 K=128" in code
+    w = lin.weight
+    verify(out, int4_linear_reference(x, w.qdata, w.scale, w.zero_point, 128, lin.bias))
