@@ -11,6 +11,9 @@ config, and with --stock freezing / max-autotune).
 Prefill (M = 512): a few layers; TFLOP/s and the ratio to dense bf16.
 
     python benchmarks/bench_int4.py [--groups 32,128] [--decode-m 1,4,16] [--prefill-m 512] [--stock default]
+
+Memory: each row's compiled graphs are dropped (Dynamo reset, Inductor's module cache cleared), yet a run of both
+default groups still grew past 24 GiB by its seventh row; run one --groups value per process on such a machine.
 """
 
 from __future__ import annotations
