@@ -97,9 +97,10 @@ def test_unsupported_op_names_itself():
         torch.sin(lin.weight)
 
 
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_subclass_compiles_without_graph_breaks(dtype):
-    lin, _ = _quantized_linear(dtype)
+def test_subclass_compiles_without_graph_breaks(dtype, scheme):
+    lin, _ = (_quantized_linear if scheme == "int8" else _int4_linear)(dtype)
     model = nn.Sequential(lin, nn.ReLU())
     x = torch.randn(2, 3, 256, dtype=dtype)
     explanation = torch._dynamo.explain(model)(x)
@@ -182,17 +183,3 @@ def test_int4_copy_between_group_sizes_is_an_error():
     # load_state_dict wraps the ValueError of copy_ in a RuntimeError; the message names both group sizes
     with pytest.raises(RuntimeError, match=r"'group_size': 64\} into one, got .*group_size=128"):
         a.load_state_dict(b.state_dict())
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_int4_subclass_compiles_without_graph_breaks(dtype):
-    lin, _ = _int4_linear(dtype)
-    model = nn.Sequential(lin, nn.ReLU())
-    x = torch.randn(2, 3, 256, dtype=dtype)
-    explanation = torch._dynamo.explain(model)(x)
-    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
-    with torch.no_grad():
-        y = torch.compile(model, backend="aot_eager", fullgraph=True)(x)
-        from conftest import verify
-
-        verify(y, model(x))

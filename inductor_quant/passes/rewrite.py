@@ -227,7 +227,7 @@ def rewrite_int8_linears(graph: Graph) -> int:
             m = match_int8_linear(mm)
         except NoMatch as why:
             # Only matmuls that read an int8 weight deserve an INFO line; float matmuls are the common case.
-            level = logging.INFO if _reads_int8(mm) else logging.DEBUG
+            level = logging.INFO if reads_dtype(mm, torch.int8) else logging.DEBUG
             log.log(level, "not rewritten: %s %s: %s", mm.name, _shapes(mm), why)
             continue
         _replace(graph, m)
@@ -246,17 +246,18 @@ def rewrite_int8_linears(graph: Graph) -> int:
     return rewritten
 
 
-def _reads_int8(node: Node) -> bool:
+def reads_dtype(node: Node, dtype: torch.dtype, limit: int = 8) -> bool:
+    """Whether one of the nearest ``limit`` producers of ``node`` is a tensor of ``dtype`` (for log levels only)."""
     seen, stack = set(), list(node.all_input_nodes)
-    while stack:
+    while stack and len(seen) < limit:
         n = stack.pop()
         if n in seen:
             continue
         seen.add(n)
         v = _val(n)
-        if isinstance(v, torch.Tensor) and v.dtype == torch.int8:
+        if isinstance(v, torch.Tensor) and v.dtype == dtype:
             return True
-        if n.op == "call_function" and len(seen) < 8:
+        if n.op == "call_function":
             stack.extend(n.all_input_nodes)
     return False
 

@@ -22,7 +22,7 @@ from torch._dynamo.utils import counters
 from torch.fx import Graph, Node
 
 from ..primitives import INT4_GROUP_SIZES
-from .rewrite import FLOAT_DTYPES, NoMatch, _is, _shapes, _val
+from .rewrite import FLOAT_DTYPES, NoMatch, _is, _shapes, _val, reads_dtype
 
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
@@ -171,7 +171,7 @@ def rewrite_int4_linears(graph: Graph) -> int:
         try:
             m = match_int4_linear(mm)
         except NoMatch as why:
-            if _reads_uint8(mm):
+            if reads_dtype(mm, torch.uint8, limit=16):
                 log.info("not rewritten (int4): %s %s: %s", mm.name, _shapes(mm), why)
             continue
         _replace(graph, m)
@@ -187,18 +187,3 @@ def rewrite_int4_linears(graph: Graph) -> int:
     if rewritten:
         graph.eliminate_dead_code()
     return rewritten
-
-
-def _reads_uint8(node: Node) -> bool:
-    seen, stack = set(), list(node.all_input_nodes)
-    while stack and len(seen) < 16:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        v = _val(n)
-        if isinstance(v, torch.Tensor) and v.dtype == torch.uint8:
-            return True
-        if n.op == "call_function":
-            stack.extend(n.all_input_nodes)
-    return False
