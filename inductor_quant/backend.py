@@ -6,13 +6,13 @@ works in a fresh process without importing ``inductor_quant`` first.
 What it turns on, for the graphs it compiles only (plain ``torch.compile`` is untouched):
 
 * the dequantize -> matmul rewrite pass (``inductor_quant/passes``), as Inductor's ``joint_custom_post_pass``,
-  which runs before freezing can fold an int8 weight into a float one;
+  which runs before freezing can fold a quantized weight into a float one;
 * under ``torch.no_grad()``, freezing: module parameters and buffers become compile-time constants, so quantized
   weights can be prepacked and the kernels specialised to them. Stock Inductor decides this at trace time from the
   global ``torch._inductor.config.freezing``; this backend decides it per graph instead. Turn it off with
   ``options={"inductor_quant.freezing": False}``. As with stock freezing, a frozen graph does not see later
   in-place updates of the weights: recompile (``torch._dynamo.reset()``) after changing them;
-* with freezing, compile-time prepacking of the int8 weights of decode-shaped linears (static M <= 32) into the
+* with freezing, compile-time prepacking of the int8 / int4 weights of decode-shaped linears (static M <= 32) into the
   layout the GEMV kernel streams fastest, as Inductor's ``post_grad_custom_post_pass``. The packed copy is held by
   the compiled graph; ``options={"inductor_quant.prepack": False}`` turns prepacking off.
 

@@ -1,6 +1,6 @@
 """Package switches, read from the environment each time they are used (no global Inductor config is touched).
 
-INDUCTOR_QUANT_INT8_KERNEL: offer only this int8 choice (``aten``, ``dequant_mm``, ``int8_gemv``, ``cpp_gemm``)
+INDUCTOR_QUANT_INT8_KERNEL: offer only this int8 choice (``aten``, ``dequant_mm``, ``int8_gemv``)
     instead of autotuning among all of them. For tests, debugging and benchmarks.
 INDUCTOR_QUANT_INT4_KERNEL: the same for int4 (``int4_gemv``, ``dequant_mm``).
 """
