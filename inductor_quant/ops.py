@@ -299,3 +299,22 @@ def int4_weight_linear_packed(
 @int4_weight_linear_packed.register_fake
 def _(x, packed_weight, scale, zero, group_size, bias, out_dtype, out_features, zero_is_offset=False):
     return x.new_empty((x.shape[0], out_features), dtype=out_dtype or x.dtype)
+
+
+@torch.library.custom_op("inductor_quant::aten_int4pack_mm_checked", mutates_args=())
+def aten_int4pack_mm_checked(
+    x: torch.Tensor, packed_weight: torch.Tensor, group_size: int, scales_and_zeros: torch.Tensor
+) -> torch.Tensor:
+    """aten's ``_weight_int4pack_mm_for_cpu`` on contiguous operands.
+
+    torch 2.15's kernel reads a non-contiguous ``scales_and_zeros`` as if it were contiguous (silently wrong
+    results); the rewrite pass routes such calls here. No lowering: Inductor calls this eager implementation.
+    """
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(
+        x.contiguous(), packed_weight.contiguous(), group_size, scales_and_zeros.contiguous()
+    )
+
+
+@aten_int4pack_mm_checked.register_fake
+def _(x, packed_weight, group_size, scales_and_zeros):
+    return x.new_empty((x.shape[0], packed_weight.shape[0]))

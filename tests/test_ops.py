@@ -144,3 +144,14 @@ def test_int4_packed_opcheck_and_unpacked_equivalence(zero_is_offset):
     from conftest import verify
 
     verify(packed_op4(*args), int4_op(x, q, s, z, g, b))
+
+
+def test_checked_aten_int4_opcheck():
+    w = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+        torch.randint(0, 16, (32, 128), dtype=torch.int32), 1
+    )
+    sz = (torch.rand(32, 2, 2, dtype=torch.bfloat16) / 10).transpose(
+        0, 1
+    )  # non-contiguous: the case it exists for
+    args = (torch.randn(3, 128, dtype=torch.bfloat16), w, 64, sz)
+    torch.library.opcheck(torch.ops.inductor_quant.aten_int4pack_mm_checked, args)

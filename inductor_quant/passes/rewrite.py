@@ -296,10 +296,11 @@ class QuantRewritePass(_PackagePass):
     stage = "rewrite"
 
     def run(self, graph: Graph) -> None:
-        from .rewrite_int4 import rewrite_int4_linears
+        from .rewrite_int4 import guard_aten_int4_matmuls, rewrite_int4_linears
 
         rewrite_int8_linears(graph)
         rewrite_int4_linears(graph)
+        guard_aten_int4_matmuls(graph)
 
 
 class PrepackPass(_PackagePass):

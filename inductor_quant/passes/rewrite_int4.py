@@ -187,3 +187,40 @@ def rewrite_int4_linears(graph: Graph) -> int:
     if rewritten:
         graph.eliminate_dead_code()
     return rewritten
+
+
+def guard_aten_int4_matmuls(graph: Graph) -> int:
+    """Make aten's CPU int4 matmul safe in this backend's graphs; returns how many calls were changed.
+
+    torch 2.15's ``_weight_int4pack_mm_for_cpu`` reads ``scales_and_zeros`` as if contiguous (a transposed view
+    gives silently wrong results) and does not check its number of groups (too few reads out of bounds); its meta
+    kernel checks neither. Here a wrong shape is an error naming it, before anything runs, and a call with a
+    non-contiguous operand goes to ``inductor_quant::aten_int4pack_mm_checked``, which makes it contiguous first.
+    """
+    changed = 0
+    for node in [n for n in graph.nodes if _is(n, aten._weight_int4pack_mm_for_cpu.default)]:
+        x, w, group_size, sz = node.args
+        k, n = _val(x).shape[-1], _val(w).shape[0]
+        expected = (k // group_size, n, 2) if group_size and k % group_size == 0 else None
+        if expected is None or tuple(_val(sz).shape) != expected:
+            raise ValueError(
+                f"_weight_int4pack_mm_for_cpu: scales_and_zeros has shape {tuple(_val(sz).shape)}, expected "
+                f"[K / group_size, N, 2] = {list(expected) if expected else '?'} for K={k}, N={n}, "
+                f"group_size={group_size}"
+            )
+        if all(_val(a).is_contiguous() for a in (x, w, sz)):
+            continue
+        with graph.inserting_before(node):
+            checked = graph.call_function(
+                torch.ops.inductor_quant.aten_int4pack_mm_checked.default, node.args
+            )
+        checked.meta.update(node.meta)
+        node.replace_all_uses_with(checked)
+        graph.erase_node(node)
+        changed += 1
+        counters["inductor_quant"]["int4_aten_made_contiguous"] += 1
+        log.info(
+            "%s: aten's int4 matmul has a non-contiguous operand, which it would misread: made contiguous",
+            checked.name,
+        )
+    return changed
