@@ -52,7 +52,19 @@ inline float iq4_get(const void* p, int64_t i) {
 // n (<= 16) elements of kind KIND from p + i, widened to fp32 lanes (the rest zero)
 template <int KIND>
 inline __m512 iq4_load16(const void* p, int64_t i, int64_t n) {
-    const __mmask16 mask = n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+    if (n >= 16) {  // plain loads where possible: masked ones are slow on this class of machine
+        if constexpr (KIND == IQ_F32) {
+            return _mm512_loadu_ps(static_cast<const float*>(p) + i);
+        } else if constexpr (KIND == IQ_BF16) {
+            const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(p) + i));
+            return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        } else if constexpr (KIND == IQ_F16) {
+            return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(p) + i)));
+        } else {
+            return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(p) + i))));
+        }
+    }
+    const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
     if constexpr (KIND == IQ_F32) {
         return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(p) + i);
     } else if constexpr (KIND == IQ_BF16) {
@@ -63,6 +75,11 @@ inline __m512 iq4_load16(const void* p, int64_t i, int64_t n) {
     } else {
         return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, static_cast<const uint8_t*>(p) + i)));
     }
+}
+
+inline void iq4_store16(float* p, __m512 v, int64_t n) {
+    if (n >= 16) _mm512_storeu_ps(p, v);
+    else _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);
 }
 #endif
 
@@ -75,15 +92,14 @@ inline void iq4_row_coefs(const void* S, const void* Z, int64_t row, int64_t G, 
     const __m512 vb = _mm512_set1_ps(zbias);
     for (; g < G; g += 16) {
         const int64_t n = std::min<int64_t>(16, G - g);
-        const __mmask16 mask = n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
         const __m512 s = iq4_load16<S_KIND>(S, row * G + g, n);
-        _mm512_mask_storeu_ps(sc + g, mask, s);
+        iq4_store16(sc + g, s, n);
         if constexpr (Z_KIND == IQ_OFFSET) {
             const __m512 c = iq4_load16<IQ_F32>(Z, row * G + g, n);
-            _mm512_mask_storeu_ps(co + g, mask, _mm512_fnmadd_ps(s, vb, c));
+            iq4_store16(co + g, _mm512_fnmadd_ps(s, vb, c), n);
         } else {
             const __m512 z = iq4_load16<Z_KIND>(Z, row * G + g, n);
-            _mm512_mask_storeu_ps(co + g, mask, _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(s, _mm512_add_ps(z, vb))));
+            iq4_store16(co + g, _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(s, _mm512_add_ps(z, vb))), n);
         }
     }
 #endif
@@ -128,8 +144,8 @@ inline __m512 iq4_scale_vec(const float* sc, int64_t k) {
         const __m512i idx = _mm512_set_epi32(15 / lanes, 14 / lanes, 13 / lanes, 12 / lanes, 11 / lanes, 10 / lanes,
                                              9 / lanes, 8 / lanes, 7 / lanes, 6 / lanes, 5 / lanes, 4 / lanes,
                                              3 / lanes, 2 / lanes, 1 / lanes, 0);
-        const __mmask16 mask = static_cast<__mmask16>((1u << per_step) - 1);
-        return _mm512_permutexvar_ps(idx, _mm512_maskz_loadu_ps(mask, sc + k / GS));
+        // a plain 16-byte load (the scale rows are padded): a masked load here halved the kernel's speed at g32
+        return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(sc + k / GS)));
     }
 }
 #endif
@@ -322,7 +338,7 @@ extern "C" {{export_declaration}}
         const int64_t rows = std::min<int64_t>(IQ4_NR, N - n0);
         // rows past N (last block of a plain weight) re-read the last row; their sums are dropped
         const uint8_t* wr[IQ4_NR];
-        float sc_rows[IQ4_NR][G], co_rows[IQ4_NR][G];
+        float sc_rows[IQ4_NR][G + 4], co_rows[IQ4_NR][G];  // + 4: iq4_scale_vec reads 4 scales
         const float* sc[IQ4_NR];
         for (int64_t r = 0; r < IQ4_NR; ++r) {
             const int64_t row = n0 + std::min<int64_t>(r, rows - 1);
