@@ -21,7 +21,7 @@ from .._compat import inductor_internals
 from ..ops import int4_dequant_mm
 from ..settings import INT4_KERNEL_ENV, forced_int4_kernel
 from ..templates.cpp.int4_gemv import K_STEP, MAX_M, CppInt4GemvTemplate
-from .common import gemv_applies, is_static_decode, select
+from .common import gemv_applies, select
 
 _I = inductor_internals()
 L = _I.lowering
@@ -54,10 +54,8 @@ def int4_weight_linear_lowering(
     choices = {
         "dequant_mm": dequant_mm_choice.bind(inputs, layout, group_size=group_size, out_dtype=out_dtype)
     }
-    if forced != "dequant_mm" and is_static_decode(x, MAX_M) and gemv_applies(x, qdata, MAX_M, K_STEP):
-        gemv: list = []
-        CppInt4GemvTemplate.add_choice(
-            gemv,
+    if forced != "dequant_mm" and gemv_applies(x, qdata, MAX_M, K_STEP):
+        choices["int4_gemv"] = CppInt4GemvTemplate.choice(
             layout,
             inputs,
             has_bias=bias is not None,
@@ -66,7 +64,6 @@ def int4_weight_linear_lowering(
             group_size=group_size,
             zero_is_offset=False,
         )
-        choices["int4_gemv"] = gemv[0]
     return select(
         "inductor_quant_int4_weight_linear",
         choices,
@@ -103,9 +100,7 @@ def int4_weight_linear_packed_lowering(
     ]
     if bias is not None:
         inputs.append(_I.realize_inputs(bias))
-    gemv: list = []
-    CppInt4GemvTemplate.add_choice(
-        gemv,
+    gemv = CppInt4GemvTemplate.choice(
         layout,
         inputs,
         has_bias=bias is not None,
@@ -116,7 +111,7 @@ def int4_weight_linear_packed_lowering(
     )
     return select(
         "inductor_quant_int4_weight_linear_packed",
-        {"int4_gemv_packed": gemv[0]},
+        {"int4_gemv_packed": gemv},
         inputs,
         layout,
         None,

@@ -54,23 +54,12 @@ def int8_weight_linear_lowering(x, qweight, scale, bias=None, *, out_dtype=None,
     key = (m, n, k, *(t.get_dtype() for t in inputs), out_dtype)
     if forced == "dequant_mm" or (forced is None and not is_static_decode(mat1, MAX_M)):
         choices = {"dequant_mm": dequant_mm_choice.bind(inputs, layout, out_dtype=out_dtype)}
-        return select(
-            "inductor_quant_int8_weight_linear",
-            choices,
-            inputs,
-            layout,
-            forced,
-            key,
-            scheme="int8",
-            env=INT8_KERNEL_ENV,
-        )
-    choices = {"aten": aten_choice.bind(inputs, layout, out_dtype=out_dtype)}
-    if gemv_applies(mat1, mat2, MAX_M, K_STEP):
-        gemv: list = []
-        CppInt8GemvTemplate.add_choice(
-            gemv, layout, inputs, has_bias=bias is not None, packed=False, n=int(n)
-        )
-        choices["int8_gemv"] = gemv[0]
+    else:
+        choices = {"aten": aten_choice.bind(inputs, layout, out_dtype=out_dtype)}
+        if gemv_applies(mat1, mat2, MAX_M, K_STEP):
+            choices["int8_gemv"] = CppInt8GemvTemplate.choice(
+                layout, inputs, has_bias=bias is not None, packed=False, n=int(n)
+            )
     return select(
         "inductor_quant_int8_weight_linear",
         choices,
@@ -95,13 +84,10 @@ def int8_weight_linear_packed_lowering(
     inputs = [x, _I.realize_inputs(packed_weight), _I.realize_inputs(scale)]
     if bias is not None:
         inputs.append(_I.realize_inputs(bias))
-    gemv: list = []
-    CppInt8GemvTemplate.add_choice(
-        gemv, layout, inputs, has_bias=bias is not None, packed=True, n=out_features
-    )
+    gemv = CppInt8GemvTemplate.choice(layout, inputs, has_bias=bias is not None, packed=True, n=out_features)
     return select(
         "inductor_quant_int8_weight_linear_packed",
-        {"int8_gemv_packed": gemv[0]},
+        {"int8_gemv_packed": gemv},
         inputs,
         layout,
         None,

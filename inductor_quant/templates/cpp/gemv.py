@@ -43,9 +43,9 @@ class CppGemvTemplate(_I.CppTemplate):
         self.extra = extra
 
     @classmethod
-    def add_choice(cls, choices: list, layout, input_nodes: list, **kwargs) -> None:
-        """Append this template's choice for ``input_nodes``."""
-        choices.append(cls(input_nodes, layout, **kwargs).generate())
+    def choice(cls, layout, input_nodes: list, **kwargs):
+        """This template's choice (a ChoiceCaller) for ``input_nodes``."""
+        return cls(input_nodes, layout, **kwargs).generate()
 
     def options(self, X) -> dict[str, Any]:
         """Scheme-specific constants for the jinja source."""
