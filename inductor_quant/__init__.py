@@ -1,20 +1,24 @@
 """inductor_quant: weight-quantized models made fast under ``torch.compile(model, backend="quant_inductor")``.
 
 Public API: ``quantize_`` with ``Int8WeightOnlyConfig`` / ``Int4WeightOnlyConfig``, the weight subclasses
-``Int8WeightTensor`` / ``Int4WeightTensor``, and safetensors save / load of quantized state dicts.
+``Int8WeightTensor`` / ``Int4WeightTensor``, safetensors save / load of quantized state dicts, and the
+quantized layers of ``inductor_quant.nn`` (``BitLinear`` with ``BitQuantConfig``).
 """
 
+from . import nn
 from .api import quantize_, weight_bytes
-from .configs import Int4WeightOnlyConfig, Int8WeightOnlyConfig
+from .configs import BitQuantConfig, Int4WeightOnlyConfig, Int8WeightOnlyConfig
 from .serialization import load_safetensors, save_safetensors
 from .tensor import Int4WeightTensor, Int8WeightTensor
 
 __all__ = [
+    "BitQuantConfig",
     "Int4WeightOnlyConfig",
     "Int4WeightTensor",
     "Int8WeightOnlyConfig",
     "Int8WeightTensor",
     "load_safetensors",
+    "nn",
     "quantize_",
     "save_safetensors",
     "weight_bytes",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from .primitives import INT4_GROUP_SIZES
+from .primitives import ACTIVATION_GRANULARITIES, INT4_GROUP_SIZES, TERNARY_WEIGHT_GRANULARITIES
 
 _SCALE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -44,3 +45,35 @@ class Int4WeightOnlyConfig:
             raise ValueError(f"group_size must be one of {INT4_GROUP_SIZES}, got {self.group_size!r}")
         if self.scale_dtype not in _SCALE_DTYPES:
             raise ValueError(f"scale_dtype must be one of {_SCALE_DTYPES}, got {self.scale_dtype}")
+
+
+@dataclass(frozen=True)
+class BitQuantConfig:
+    """How ``nn.BitLinear`` quantizes: ternary {-1, 0, +1} weights with an absmean scale and int8 activations with
+    an absmax scale (BitNet b1.58).
+
+    ``activation_dtype``: only ``"int8"``. ``activation_granularity``: one activation scale per row of the input
+    (``"per_token"``) or one for the whole input (``"per_tensor"``). ``weight_granularity``: one weight scale for
+    the layer (``"per_tensor"``, as in BitNet) or one per output feature (``"per_channel"``). ``eps``: the smallest
+    absmean / absmax a scale is computed from (an all-zero input or weight does not divide by zero).
+    """
+
+    activation_dtype: str = "int8"
+    activation_granularity: str = "per_token"
+    weight_granularity: str = "per_tensor"
+    eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.activation_dtype != "int8":
+            raise ValueError(f"activation_dtype must be 'int8', got {self.activation_dtype!r}")
+        if self.activation_granularity not in ACTIVATION_GRANULARITIES:
+            raise ValueError(
+                f"activation_granularity must be one of {ACTIVATION_GRANULARITIES}, "
+                f"got {self.activation_granularity!r}"
+            )
+        if self.weight_granularity not in TERNARY_WEIGHT_GRANULARITIES:
+            raise ValueError(
+                f"weight_granularity must be one of {TERNARY_WEIGHT_GRANULARITIES}, got {self.weight_granularity!r}"
+            )
+        if not (isinstance(self.eps, int | float) and math.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"eps must be a positive finite number, got {self.eps!r}")

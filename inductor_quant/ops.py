@@ -318,3 +318,110 @@ def aten_int4pack_mm_checked(
 @aten_int4pack_mm_checked.register_fake
 def _(x, packed_weight, group_size, scales_and_zeros):
     return x.new_empty((x.shape[0], packed_weight.shape[0]))
+
+
+# --- ternary weights x int8 activations (BitLinear) ---------------------------------------------------------------
+
+
+def check_ternary_mm_args(
+    x: torch.Tensor,
+    x_scale: torch.Tensor,
+    qweight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> None:
+    """Validate ``ternary_mm`` arguments; every message names the offending value."""
+    from .primitives import ternary_packed_k
+
+    if x.dim() != 2 or x.dtype != torch.int8:
+        raise ValueError(f"x must be a 2-D int8 [M, K] tensor, got shape {tuple(x.shape)} of {x.dtype}")
+    m, k = x.shape
+    if x_scale.shape != (m,) or x_scale.dtype != torch.float32:
+        raise ValueError(
+            f"x_scale must be a [{m}] float32 tensor, got shape {tuple(x_scale.shape)} of {x_scale.dtype}"
+        )
+    if qweight.dim() != 2 or qweight.dtype != torch.uint8 or qweight.shape[1] != ternary_packed_k(k):
+        raise ValueError(
+            f"qweight must be the packed ternary [N, {ternary_packed_k(k)}] uint8 weight for K={k}, "
+            f"got shape {tuple(qweight.shape)} of {qweight.dtype}"
+        )
+    n = qweight.shape[0]
+    if weight_scale.shape not in ((1,), (n,)) or weight_scale.dtype != torch.float32:
+        raise ValueError(
+            f"weight_scale must be a [1] or [{n}] float32 tensor, "
+            f"got shape {tuple(weight_scale.shape)} of {weight_scale.dtype}"
+        )
+    if bias is not None and (bias.shape != (n,) or bias.dtype not in _FLOAT_DTYPES):
+        raise ValueError(f"bias must be a [{n}] float tensor, got shape {tuple(bias.shape)} of {bias.dtype}")
+
+
+# Rows of the ternary weight unpacked to int8 per chunk of ternary_mm's eager / prefill kernel (~2 MiB).
+TERNARY_CHUNK_BYTES = 2 << 20
+
+
+@torch.library.custom_op("inductor_quant::ternary_mm", mutates_args=())
+def ternary_mm(
+    x: torch.Tensor,
+    x_scale: torch.Tensor,
+    qweight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``(x @ T.T) * x_scale[:, None] * weight_scale (+ bias)`` with int8 activations and ternary weights.
+
+    Args:
+        x: ``[M, K]`` int8 activations (``primitives.quantize_activation_int8``).
+        x_scale: ``[M]`` fp32 activation scales (one per row; a per-tensor scale is repeated).
+        qweight: ``[N, ceil(K / 256) * 64]`` uint8: the ternary weight ``T`` in {-1, 0, +1} packed four values per
+            byte by ``primitives.pack_ternary`` (2-bit codes ``T + 1``; the layout is described there).
+        weight_scale: ``[1]`` (per tensor) or ``[N]`` (per output channel) fp32 scales.
+        bias: optional ``[N]`` float bias.
+        out_dtype: dtype of the ``[M, N]`` result; ``None`` means float32.
+
+    The integer sums are exact (int32); the scales and bias are applied in fp32, in the order written above.
+    Eagerly the weight is unpacked ~2 MiB of rows at a time and multiplied by ``torch._int_mm``; compiled, the
+    lowering in ``inductor_quant/lowerings/ternary.py`` picks between that and the ``ternary_gemv`` CPP template.
+    """
+    from .primitives import unpack_ternary
+
+    check_ternary_mm_args(x, x_scale, qweight, weight_scale, bias)
+    m, k = x.shape
+    n = qweight.shape[0]
+    out = torch.empty((m, n), dtype=out_dtype or torch.float32, device=x.device)
+    rows = max(64, TERNARY_CHUNK_BYTES // k // 64 * 64)
+    x = x.contiguous()
+    scale_mn = x_scale[:, None]
+    for n0 in range(0, n, rows):
+        n1 = min(n, n0 + rows)
+        acc = torch._int_mm(x, unpack_ternary(qweight[n0:n1], k).t()).float()
+        ws = weight_scale if weight_scale.numel() == 1 else weight_scale[n0:n1]
+        y = acc * scale_mn * ws
+        if bias is not None:
+            y = y + bias[n0:n1].float()
+        out[:, n0:n1] = y
+    return out
+
+
+@ternary_mm.register_fake
+def _(x, x_scale, qweight, weight_scale, bias=None, out_dtype=None):
+    check_ternary_mm_args(x, x_scale, qweight, weight_scale, bias)
+    return x.new_empty((x.shape[0], qweight.shape[0]), dtype=out_dtype or torch.float32)
+
+
+def ternary_linear(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation_granularity: str = "per_token",
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """BitLinear's inference forward on ``[..., K]`` float activations: absmax int8 quantization of ``x`` (plain
+    torch ops, which Inductor fuses into one kernel), then ``ternary_mm``; the result in ``x``'s dtype."""
+    from .primitives import quantize_activation_int8
+
+    lead = x.shape[:-1]
+    xq, x_scale = quantize_activation_int8(x.reshape(-1, x.shape[-1]), activation_granularity, eps)
+    out = torch.ops.inductor_quant.ternary_mm(xq, x_scale, qweight, weight_scale, bias, x.dtype)
+    return out.reshape(*lead, qweight.shape[0])

@@ -243,3 +243,140 @@ def unpack_aten_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
             out[n0 : n0 + width : 2], out[n0 + 1 : n0 + width : 2] = block_lo, block_hi
         offset += size
     return out
+
+
+# --- ternary (1.58-bit) weights and int8 activations: BitLinear's numerics -----------------------------------------
+
+TERNARY_WEIGHT_GRANULARITIES = ("per_tensor", "per_channel")
+ACTIVATION_GRANULARITIES = ("per_tensor", "per_token")
+ACT_QMAX = 127  # int8 activations use the symmetric range [-127, 127]
+
+# Packed ternary layout: a weight q in {-1, 0, +1} is stored as the 2-bit code q + 1 in {0, 1, 2}, four codes per
+# byte. Each row is cut into blocks of TERNARY_K_BLOCK values held in 64 bytes; byte i of a block holds the values
+# at k = i, 64 + i, 128 + i, 192 + i in bits 0-1, 2-3, 4-5, 6-7. So shifting a block right by 2p and masking each
+# byte to 2 bits gives the 64 codes of k in [64p, 64p + 64), in order: one vector of bytes per shift, no shuffles.
+# K is padded with code 1 (the value 0) to a whole block.
+TERNARY_VALUES_PER_BYTE = 4  # ternary values take 2 bits
+TERNARY_K_BLOCK = 256  # values per 64-byte block of a row
+TERNARY_BLOCK_BYTES = TERNARY_K_BLOCK // TERNARY_VALUES_PER_BYTE
+
+
+def ternary_packed_k(k: int) -> int:
+    """Bytes per row of a packed ternary weight with ``k`` input features (K padded to a whole block)."""
+    return -(-k // TERNARY_K_BLOCK) * TERNARY_BLOCK_BYTES
+
+
+def quantize_ternary(
+    weight: torch.Tensor, granularity: str = "per_tensor", eps: float = 1e-5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absmean ternary quantization of a ``[N, K]`` float weight (BitNet b1.58).
+
+    ``scale = mean(|w|)`` over the whole tensor (``per_tensor``, shape ``[1]``) or over each output row
+    (``per_channel``, shape ``[N]``), at least ``eps``; ``q = clamp(round(w / scale), -1, 1)`` as int8.
+    ``weight ≈ q * scale``. Differentiable code should call ``fake_quantize_ternary``.
+    """
+    if weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(
+            f"expected a 2-D floating point weight, got shape {tuple(weight.shape)} of {weight.dtype}"
+        )
+    w = weight.detach().float()
+    scale = _ternary_scale(w, granularity, eps)
+    q = torch.round(w / scale[:, None]).clamp_(-1, 1).to(torch.int8)
+    return q, scale if granularity == "per_channel" else scale[:1].clone()
+
+
+def _ternary_scale(w: torch.Tensor, granularity: str, eps: float) -> torch.Tensor:
+    """The absmean scale broadcast to ``[N]`` (one value repeated for ``per_tensor``)."""
+    if granularity == "per_tensor":
+        return w.abs().mean().clamp_min(eps).expand(w.shape[0])
+    if granularity == "per_channel":
+        return w.abs().mean(dim=1).clamp_min(eps)
+    raise ValueError(f"weight granularity must be one of {TERNARY_WEIGHT_GRANULARITIES}, got {granularity!r}")
+
+
+def fake_quantize_ternary(weight: torch.Tensor, granularity: str = "per_tensor", eps: float = 1e-5):
+    """``q * scale`` in ``weight``'s dtype with a straight-through gradient: the forward sees the ternary weight,
+    the backward passes the gradient to ``weight`` unchanged."""
+    w = weight.float()
+    scale = _ternary_scale(w.detach(), granularity, eps)[:, None]
+    quantized = (w / scale).round().clamp(-1, 1) * scale
+    return (w + (quantized - w).detach()).to(weight.dtype)
+
+
+def quantize_activation_int8(
+    x: torch.Tensor, granularity: str = "per_token", eps: float = 1e-5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absmax int8 quantization of ``[M, K]`` activations: ``scale = max(|x|) / 127`` per row (``per_token``) or
+    over the whole tensor (``per_tensor``), at least ``eps / 127``; ``q = round(x / scale)``.
+
+    Returns ``q`` (int8 ``[M, K]``) and ``scale`` (fp32 ``[M]``, one value repeated for ``per_tensor``), so
+    ``x ≈ q * scale[:, None]``. Plain torch ops: under ``torch.compile`` Inductor fuses them into one kernel.
+    """
+    xf = x.float()
+    if granularity == "per_token":
+        absmax = xf.abs().amax(dim=-1, keepdim=True)
+    elif granularity == "per_tensor":
+        absmax = xf.abs().amax().expand(xf.shape[0], 1)
+    else:
+        raise ValueError(
+            f"activation granularity must be one of {ACTIVATION_GRANULARITIES}, got {granularity!r}"
+        )
+    scale = absmax.clamp_min(eps) / ACT_QMAX
+    q = torch.round(xf / scale).clamp(-ACT_QMAX, ACT_QMAX).to(torch.int8)
+    return q, scale.squeeze(-1)
+
+
+def fake_quantize_activation_int8(x: torch.Tensor, granularity: str = "per_token", eps: float = 1e-5):
+    """``quantize_activation_int8`` followed by dequantization, in ``x``'s dtype, with a straight-through gradient."""
+    xf = x.float()
+    if granularity == "per_token":
+        absmax = xf.detach().abs().amax(dim=-1, keepdim=True)
+    elif granularity == "per_tensor":
+        absmax = xf.detach().abs().amax()
+    else:
+        raise ValueError(
+            f"activation granularity must be one of {ACTIVATION_GRANULARITIES}, got {granularity!r}"
+        )
+    scale = absmax.clamp_min(eps) / ACT_QMAX
+    quantized = (xf / scale).round().clamp(-ACT_QMAX, ACT_QMAX) * scale
+    return (xf + (quantized - xf).detach()).to(x.dtype)
+
+
+def pack_ternary(q: torch.Tensor) -> torch.Tensor:
+    """``[N, K]`` int8 in {-1, 0, 1} -> ``[N, ternary_packed_k(K)]`` uint8 in the layout described above."""
+    n, k = q.shape
+    codes = (q.to(torch.int16) + 1).to(torch.uint8)
+    k_pad = -k % TERNARY_K_BLOCK
+    if k_pad:
+        codes = torch.nn.functional.pad(codes, (0, k_pad), value=1)
+    planes = codes.reshape(
+        n, -1, TERNARY_VALUES_PER_BYTE, TERNARY_BLOCK_BYTES
+    )  # [N, blocks, plane p, byte i]
+    packed = planes[:, :, 0] | planes[:, :, 1] << 2 | planes[:, :, 2] << 4 | planes[:, :, 3] << 6
+    return packed.reshape(n, -1).contiguous()
+
+
+def unpack_ternary(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """Inverse of ``pack_ternary``: the ``[N, K]`` int8 weight in {-1, 0, 1}."""
+    n = packed.shape[0]
+    blocks = packed.reshape(n, -1, 1, TERNARY_BLOCK_BYTES)
+    shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=packed.device).view(1, 1, -1, 1)
+    codes = (blocks >> shifts) & 3  # [N, blocks, plane p, byte i]
+    return (codes.reshape(n, -1)[:, :k].to(torch.int8) - 1).contiguous()
+
+
+def ternary_linear_reference(
+    x: torch.Tensor,
+    q: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation_granularity: str = "per_token",
+) -> torch.Tensor:
+    """The eager ternary reference: int8 activations (absmax) times ternary weights, summed exactly in int32, then
+    ``* x_scale * weight_scale (+ bias)`` in fp32; the result in ``x``'s dtype."""
+    xq, x_scale = quantize_activation_int8(x, activation_granularity)
+    acc = (xq.to(torch.int32) @ q.to(torch.int32).t()).float()
+    out = acc * x_scale[:, None] * weight_scale.float()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)

@@ -3,6 +3,7 @@
 INDUCTOR_QUANT_INT8_KERNEL: offer only this int8 choice (``aten``, ``dequant_mm``, ``int8_gemv``)
     instead of autotuning among all of them. For tests, debugging and benchmarks.
 INDUCTOR_QUANT_INT4_KERNEL: the same for int4 (``int4_gemv``, ``dequant_mm``).
+INDUCTOR_QUANT_TERNARY_KERNEL: the same for ternary (``ternary_gemv``, ``unpack_int_mm``).
 """
 
 from __future__ import annotations
@@ -21,3 +22,10 @@ INT4_KERNEL_ENV = "INDUCTOR_QUANT_INT4_KERNEL"
 
 def forced_int4_kernel() -> str | None:
     return os.environ.get(INT4_KERNEL_ENV) or None
+
+
+TERNARY_KERNEL_ENV = "INDUCTOR_QUANT_TERNARY_KERNEL"
+
+
+def forced_ternary_kernel() -> str | None:
+    return os.environ.get(TERNARY_KERNEL_ENV) or None

@@ -31,3 +31,24 @@ def test_int4_layer_whose_k_the_group_does_not_divide_is_a_value_error_naming_k(
 
     with pytest.raises(ValueError, match=r"K=96"):
         iq.quantize_(nn.Linear(96, 8), Int4WeightOnlyConfig(group_size=64))
+
+
+def test_bit_quant_config_defaults_and_errors_name_the_value():
+    from inductor_quant import BitQuantConfig
+
+    cfg = BitQuantConfig()
+    assert (cfg.activation_dtype, cfg.activation_granularity, cfg.weight_granularity) == (
+        "int8",
+        "per_token",
+        "per_tensor",
+    )
+    bad = [
+        (dict(activation_dtype="int4"), "activation_dtype must be 'int8', got 'int4'"),
+        (dict(activation_granularity="per_row"), "activation_granularity must be one of .* got 'per_row'"),
+        (dict(weight_granularity="per_group"), "weight_granularity must be one of .* got 'per_group'"),
+        (dict(eps=0.0), "eps must be a positive finite number, got 0.0"),
+        (dict(eps=float("nan")), "eps must be a positive finite number, got nan"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(ValueError, match=message):
+            BitQuantConfig(**kwargs)

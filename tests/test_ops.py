@@ -155,3 +155,68 @@ def test_checked_aten_int4_opcheck():
     )  # non-contiguous: the case it exists for
     args = (torch.randn(3, 128, dtype=torch.bfloat16), w, 64, sz)
     torch.library.opcheck(torch.ops.inductor_quant.aten_int4pack_mm_checked, args)
+
+
+# --- ternary_mm ---------------------------------------------------------------------------------------------------
+
+ternary_op = torch.ops.inductor_quant.ternary_mm
+
+
+def _ternary_args(m=5, n=37, k=300, per_channel=True, bias=True, seed=0):
+    from inductor_quant.primitives import pack_ternary, quantize_activation_int8
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g)
+    t = torch.randint(-1, 2, (n, k), dtype=torch.int8, generator=g)
+    ws = torch.rand(n if per_channel else 1, generator=g) + 0.1
+    b = torch.randn(n, generator=g) if bias else None
+    xq, xs = quantize_activation_int8(x)
+    return x, t, (xq, xs, pack_ternary(t), ws, b)
+
+
+def test_ternary_opcheck():
+    _, _, args = _ternary_args()
+    torch.library.opcheck(ternary_op, args, {"out_dtype": torch.bfloat16})
+
+
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
+@pytest.mark.parametrize("m, n, k", [(1, 8, 256), (5, 37, 300), (40, 200, 64)])
+def test_ternary_mm_equals_the_int32_reference(per_channel, m, n, k):
+    """The integer sums are exact, the scales applied in the documented fp32 order: equal to the reference."""
+    from inductor_quant.primitives import ternary_linear_reference
+
+    x, t, args = _ternary_args(m, n, k, per_channel, bias=m % 2 == 1)
+    assert torch.equal(ternary_op(*args), ternary_linear_reference(x, t, args[3], args[4]))
+    assert ternary_op(*args, out_dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_ternary_mm_chunks_match_one_shot():
+    """Several ~2 MiB chunks of unpacked rows (K = 4096: 512 rows per chunk) give the one-shot answer."""
+    from inductor_quant.primitives import ternary_linear_reference
+
+    x, t, args = _ternary_args(3, 1100, 4096, per_channel=True, bias=True)
+    assert torch.equal(ternary_op(*args), ternary_linear_reference(x, t, args[3], args[4]))
+
+
+def test_ternary_mm_bad_inputs_name_the_values():
+    _, _, (xq, xs, packed, ws, b) = _ternary_args(m=5, n=37, k=300)
+    cases = [
+        (
+            (xq.float(), xs, packed, ws, b),
+            r"x must be a 2-D int8 \[M, K\] tensor, got shape \(5, 300\) of torch.float32",
+        ),
+        ((xq, xs[:4], packed, ws, b), r"x_scale must be a \[5\] float32 tensor, got shape \(4,\)"),
+        (
+            (xq, xs, packed[:, :64], ws, b),
+            r"packed ternary \[N, 128\] uint8 weight for K=300, got shape \(37, 64\)",
+        ),
+        (
+            (xq, xs, packed, ws[:3], b),
+            r"weight_scale must be a \[1\] or \[37\] float32 tensor, got shape \(3,\)",
+        ),
+        ((xq, xs, packed, ws.bfloat16(), b), r"weight_scale .* of torch.bfloat16"),
+        ((xq, xs, packed, ws, b[:5]), r"bias must be a \[37\] float tensor, got shape \(5,\)"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ValueError, match=message):
+            ternary_op(*args)

@@ -149,3 +149,88 @@ def test_unpack_aten_int4_inverts_aten_packing(n):
     q = torch.randint(0, 16, (n, 64), dtype=torch.int32)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
     assert torch.equal(unpack_aten_int4(packed, n, 64), q.to(torch.uint8))
+
+
+# --- ternary weights, int8 activations ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 64, 256, 300, 513])
+def test_pack_ternary_round_trips_and_pads_k_to_whole_blocks(k):
+    from inductor_quant.primitives import pack_ternary, ternary_packed_k, unpack_ternary
+
+    q = torch.randint(-1, 2, (7, k), dtype=torch.int8, generator=torch.Generator().manual_seed(k))
+    packed = pack_ternary(q)
+    assert packed.dtype == torch.uint8 and packed.shape == (7, ternary_packed_k(k)) == (7, -(-k // 256) * 64)
+    assert torch.equal(unpack_ternary(packed, k), q)
+
+
+def test_pack_ternary_layout_byte_i_holds_k_i_64_128_192():
+    from inductor_quant.primitives import pack_ternary
+
+    q = torch.zeros(1, 256, dtype=torch.int8)  # code 1 everywhere: 0b01010101
+    q[0, 3], q[0, 64 + 3], q[0, 128 + 3], q[0, 192 + 3] = -1, 1, 0, 1  # codes 0, 2, 1, 2
+    packed = pack_ternary(q)
+    assert packed[0, 3].item() == 0b10_01_10_00
+    assert packed[0, 4].item() == 0b01_01_01_01
+    # padding of a short row is code 1 (the value 0)
+    assert pack_ternary(torch.zeros(1, 10, dtype=torch.int8))[0, 10:].eq(0b01_01_01_01).all()
+
+
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_channel"])
+def test_quantize_ternary_is_absmean_round_clip(granularity):
+    from inductor_quant.primitives import quantize_ternary
+
+    w = torch.randn(16, 96, generator=torch.Generator().manual_seed(0))
+    q, scale = quantize_ternary(w, granularity)
+    expected_scale = w.abs().mean().reshape(1) if granularity == "per_tensor" else w.abs().mean(dim=1)
+    torch.testing.assert_close(scale, expected_scale)
+    assert q.dtype == torch.int8 and set(q.unique().tolist()) == {-1, 0, 1}
+    s = scale if granularity == "per_channel" else scale.expand(16)
+    assert torch.equal(q, torch.round(w / s[:, None]).clamp(-1, 1).to(torch.int8))
+    # an all-zero weight gets the eps scale and all-zero codes, not NaN
+    q0, s0 = quantize_ternary(torch.zeros(4, 8), granularity, eps=1e-5)
+    assert q0.eq(0).all() and s0.eq(1e-5).all()
+
+
+def test_quantize_ternary_rejects_bad_granularity_and_shapes():
+    from inductor_quant.primitives import quantize_ternary
+
+    with pytest.raises(ValueError, match="weight granularity must be one of .* got 'per_group'"):
+        quantize_ternary(torch.randn(4, 8), "per_group")
+    with pytest.raises(ValueError, match=r"shape \(8,\)"):
+        quantize_ternary(torch.randn(8))
+
+
+@pytest.mark.parametrize("granularity", ["per_token", "per_tensor"])
+def test_quantize_activation_int8_absmax(granularity):
+    from inductor_quant.primitives import quantize_activation_int8
+
+    x = torch.randn(5, 40, generator=torch.Generator().manual_seed(1)) * torch.arange(1, 6)[:, None]
+    q, scale = quantize_activation_int8(x, granularity)
+    assert q.dtype == torch.int8 and scale.shape == (5,) and scale.dtype == torch.float32
+    absmax = x.abs().amax(dim=1) if granularity == "per_token" else x.abs().amax().expand(5)
+    torch.testing.assert_close(scale, absmax / 127)
+    assert q.abs().amax(dim=1).eq(127).any()  # the largest value of each scaled group maps to +-127
+    # one quantization step: |x - q * scale| <= scale / 2
+    assert ((x - q.float() * scale[:, None]).abs() <= scale[:, None] / 2 + 1e-6).all()
+    with pytest.raises(ValueError, match="activation granularity must be one of .* got 'per_channel'"):
+        quantize_activation_int8(x, "per_channel")
+
+
+def test_fake_quantizers_are_straight_through_and_match_the_real_ones():
+    from inductor_quant.primitives import (
+        fake_quantize_activation_int8,
+        fake_quantize_ternary,
+        quantize_activation_int8,
+        quantize_ternary,
+    )
+
+    w = torch.randn(8, 64, requires_grad=True)
+    x = torch.randn(3, 64, requires_grad=True)
+    wq, xq = fake_quantize_ternary(w, "per_channel"), fake_quantize_activation_int8(x, "per_token")
+    q, s = quantize_ternary(w, "per_channel")
+    qx, sx = quantize_activation_int8(x, "per_token")
+    torch.testing.assert_close(wq, q.float() * s[:, None])
+    torch.testing.assert_close(xq, qx.float() * sx[:, None])
+    (wq.sum() + 2 * xq.sum()).backward()
+    assert torch.equal(w.grad, torch.ones_like(w)) and torch.equal(x.grad, torch.full_like(x, 2.0))
