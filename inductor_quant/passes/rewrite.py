@@ -22,7 +22,7 @@ from torch.fx import Graph, Node
 
 import inductor_quant
 
-from ..settings import forced_int4_kernel, forced_int8_kernel
+from ..settings import forced_int4_kernel, forced_int8_kernel, forced_ternary_kernel
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ class _PackagePass(CustomGraphPass):
 
     def uuid(self) -> bytes:
         # The forced-kernel switch changes what the lowerings emit, so it is part of the key too.
-        forced = f"{forced_int8_kernel()},{forced_int4_kernel()}"
+        forced = f"{forced_int8_kernel()},{forced_int4_kernel()},{forced_ternary_kernel()}"
         return package_source_hash() + self.stage.encode() + forced.encode()
 
 

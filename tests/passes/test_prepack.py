@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from conftest import compile_and_run, int8_weight, verify
 from torch import nn
 from torch._dynamo.utils import counters
+from torch.testing import FileCheck
 
 from inductor_quant.primitives import int8_linear_reference
 
@@ -96,3 +97,20 @@ def test_int4_prepack_off_and_prefill_read_the_plain_weight():
     _, code = compile_and_run(SharedInt4Weight(), torch.randn(33, 256, dtype=torch.bfloat16))
     assert counters["inductor_quant"]["int4_prepacked"] == 0
     assert counters["inductor_quant"]["int4_kernel_dequant_mm"] == 2
+
+
+def test_ternary_per_tensor_scale_is_repeated_so_layers_share_one_kernel():
+    """Inductor would inline each layer's [1] scale as a literal: one kernel (one C++ compile) per layer."""
+    from inductor_quant.nn import BitLinear
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*(BitLinear(256, 256, bias=False) for _ in range(3))).eval()
+    for layer in model:
+        layer.deploy()
+    x = torch.randn(1, 256)
+    out, code = compile_and_run(model, x)
+    assert counters["inductor_quant"]["ternary_scale_repeated"] == 3
+    # three layers, one template kernel definition, called three times
+    FileCheck().check_count("// inductor_quant ternary_gemv:", 1, exactly=True).run(code)
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x), atol=0, rtol=0)

@@ -21,7 +21,7 @@ namespace {
 constexpr int64_t IQT_NR = 4;             // weight rows per block: 4 x MT int32 accumulators in registers
 constexpr int64_t IQT_BLOCK_K = 256;      // K values per 64-byte block of a packed row
 constexpr int64_t IQT_BLOCK_BYTES = 64;
-constexpr int64_t IQT_PREFETCH_BLOCKS = 16;  // 1 KiB ahead on each of the 4 row streams
+constexpr int64_t IQT_PREFETCH_BLOCKS = 32;  // 1 KiB ahead on each of the 4 row streams
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 // acc[m][r] = sum_k c[r, k] * x[m, k] over n_kb blocks, c the 2-bit codes
