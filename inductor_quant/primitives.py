@@ -313,31 +313,28 @@ def quantize_activation_int8(
     ``x ≈ q * scale[:, None]``. Plain torch ops: under ``torch.compile`` Inductor fuses them into one kernel.
     """
     xf = x.float()
+    scale = _activation_scale(xf, granularity, eps).expand(xf.shape[0], 1)
+    q = torch.round(xf / scale).clamp(-ACT_QMAX, ACT_QMAX).to(torch.int8)
+    return q, scale.squeeze(-1)
+
+
+def _activation_scale(xf: torch.Tensor, granularity: str, eps: float) -> torch.Tensor:
+    """``max(|x|) / 127`` over the last dim (``per_token``, keepdim) or over everything (``per_tensor``, 0-d)."""
     if granularity == "per_token":
         absmax = xf.abs().amax(dim=-1, keepdim=True)
     elif granularity == "per_tensor":
-        absmax = xf.abs().amax().expand(xf.shape[0], 1)
+        absmax = xf.abs().amax()
     else:
         raise ValueError(
             f"activation granularity must be one of {ACTIVATION_GRANULARITIES}, got {granularity!r}"
         )
-    scale = absmax.clamp_min(eps) / ACT_QMAX
-    q = torch.round(xf / scale).clamp(-ACT_QMAX, ACT_QMAX).to(torch.int8)
-    return q, scale.squeeze(-1)
+    return absmax.clamp_min(eps) / ACT_QMAX
 
 
 def fake_quantize_activation_int8(x: torch.Tensor, granularity: str = "per_token", eps: float = 1e-5):
     """``quantize_activation_int8`` followed by dequantization, in ``x``'s dtype, with a straight-through gradient."""
     xf = x.float()
-    if granularity == "per_token":
-        absmax = xf.detach().abs().amax(dim=-1, keepdim=True)
-    elif granularity == "per_tensor":
-        absmax = xf.detach().abs().amax()
-    else:
-        raise ValueError(
-            f"activation granularity must be one of {ACTIVATION_GRANULARITIES}, got {granularity!r}"
-        )
-    scale = absmax.clamp_min(eps) / ACT_QMAX
+    scale = _activation_scale(xf.detach(), granularity, eps)
     quantized = (xf / scale).round().clamp(-ACT_QMAX, ACT_QMAX) * scale
     return (xf + (quantized - xf).detach()).to(x.dtype)
 
