@@ -2,10 +2,14 @@
 
 Public API: ``quantize_`` with ``Int8WeightOnlyConfig`` / ``Int4WeightOnlyConfig``, the weight subclasses
 ``Int8WeightTensor`` / ``Int4WeightTensor``, safetensors save / load of quantized state dicts, and the
-quantized layers of ``inductor_quant.nn`` (``BitLinear`` with ``BitQuantConfig``).
+quantized layers of ``inductor_quant.nn`` (``BitLinear`` with ``BitQuantConfig``; ``QuantizedLinear`` and
+``swap_quantized_linear``, over the ``torch.ops.inductor_quant.quantized_matmul`` op).
 """
 
-from . import nn
+from . import (
+    nn,
+    quantized_matmul,  # noqa: F401  (registers torch.ops.inductor_quant.quantized_matmul)
+)
 from .api import quantize_, weight_bytes
 from .configs import BitQuantConfig, Int4WeightOnlyConfig, Int8WeightOnlyConfig
 from .serialization import load_safetensors, save_safetensors

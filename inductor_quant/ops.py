@@ -425,3 +425,188 @@ def ternary_linear(
     xq, x_scale = quantize_activation_int8(x.reshape(-1, x.shape[-1]), activation_granularity, eps)
     out = torch.ops.inductor_quant.ternary_mm(xq, x_scale, qweight, weight_scale, bias, x.dtype)
     return out.reshape(*lead, qweight.shape[0])
+
+
+# --- quantized_matmul kernels: int8 weights with block scales; int8 activations x int8 weights --------------------
+
+
+def _check_block_scale(k: int, n: int, scale: torch.Tensor, dtypes: tuple) -> int:
+    """``scale`` must be ``[N]`` or ``[N, G]`` with G dividing K; returns G."""
+    groups = 1 if scale.dim() == 1 else scale.shape[-1]
+    if scale.dim() not in (1, 2) or scale.shape[0] != n or k % groups or scale.dtype not in dtypes:
+        raise ValueError(
+            f"scale must be a [{n}] or [{n}, G] tensor of {dtypes} with G dividing K={k}, "
+            f"got shape {tuple(scale.shape)} of {scale.dtype}"
+        )
+    return groups
+
+
+def check_int8_blockwise_linear_args(x, qweight, scale, bias) -> None:
+    """Validate ``int8_blockwise_linear`` arguments; every message names the offending value."""
+    if x.dim() != 2 or x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(
+            f"x must be a 2-D tensor of {_FLOAT_DTYPES}, got shape {tuple(x.shape)} of {x.dtype}"
+        )
+    if qweight.dtype != torch.int8 or qweight.dim() != 2 or qweight.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"qweight must be a 2-D int8 [N, K={x.shape[1]}] tensor, "
+            f"got shape {tuple(qweight.shape)} of {qweight.dtype}"
+        )
+    n = qweight.shape[0]
+    _check_block_scale(x.shape[1], n, scale, _FLOAT_DTYPES)
+    if bias is not None and (bias.shape != (n,) or bias.dtype not in _FLOAT_DTYPES):
+        raise ValueError(f"bias must be a [{n}] float tensor, got shape {tuple(bias.shape)} of {bias.dtype}")
+
+
+def int8_blockwise_dequant_mm(x, qweight, scale, bias=None, *, out_dtype=None):
+    """The kernel of ``int8_blockwise_linear``: rows of W dequantized (``q * scale`` per block, in fp32, rounded
+    once to ``x.dtype``) ~2 MiB at a time, each chunk multiplied by the dense GEMM while it is hot in cache."""
+    m, k = x.shape
+    n = qweight.shape[0]
+    scale = scale.float().reshape(n, -1, 1)
+    groups = scale.shape[1]
+    out = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
+    rows = max(64, DEQUANT_CHUNK_BYTES // (k * x.element_size()) // 64 * 64)
+    x = x.contiguous()
+    for n0 in range(0, n, rows):
+        n1 = min(n, n0 + rows)
+        w = (qweight[n0:n1].reshape(n1 - n0, groups, -1) * scale[n0:n1]).reshape(n1 - n0, k).to(x.dtype)
+        if bias is None:
+            out[:, n0:n1] = x @ w.t()
+        else:
+            out[:, n0:n1] = torch.addmm(bias[n0:n1].to(x.dtype), x, w.t())
+    return out
+
+
+@torch.library.custom_op("inductor_quant::int8_blockwise_linear", mutates_args=())
+def int8_blockwise_linear(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``x @ W.T + bias`` with ``W[n, k] = qweight[n, k] * scale[n, k // (K / G)]``: int8 weights, one scale per
+    block of ``K / G`` values along K.
+
+    Args:
+        x: ``[M, K]`` activations, fp32 / bf16 / fp16.
+        qweight: ``[N, K]`` int8, row-major.
+        scale: ``[N, G]`` float scales (``[N]`` is one block per row); G divides K.
+        bias: optional ``[N]`` float bias.
+        out_dtype: dtype of the ``[M, N]`` result; ``None`` means ``x.dtype``.
+
+    Eagerly and compiled this is ``int8_blockwise_dequant_mm`` (chunks of W widened, never the whole float weight).
+    """
+    check_int8_blockwise_linear_args(x, qweight, scale, bias)
+    return int8_blockwise_dequant_mm(x, qweight, scale, bias, out_dtype=out_dtype)
+
+
+@int8_blockwise_linear.register_fake
+def _(x, qweight, scale, bias=None, out_dtype=None):
+    check_int8_blockwise_linear_args(x, qweight, scale, bias)
+    return x.new_empty((x.shape[0], qweight.shape[0]), dtype=out_dtype or x.dtype)
+
+
+def _int8_blockwise_setup_context(ctx, inputs, output):
+    x, qweight, scale, bias, _ = inputs
+    ctx.save_for_backward(qweight, scale)
+    ctx.x_dtype = x.dtype
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _int8_blockwise_backward(ctx, grad):
+    from .primitives import dequantize_weight
+
+    qweight, scale = ctx.saved_tensors
+    grad_x = (grad.float() @ dequantize_weight(qweight, scale)).to(ctx.x_dtype)
+    grad_bias = grad.sum(0).to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
+    return grad_x, None, None, grad_bias, None
+
+
+int8_blockwise_linear.register_autograd(_int8_blockwise_backward, setup_context=_int8_blockwise_setup_context)
+
+
+def check_int8_dynamic_linear_args(x, x_scale, qweight, scale, bias) -> None:
+    """Validate ``int8_dynamic_linear`` arguments; every message names the offending value."""
+    if x.dim() != 2 or x.dtype != torch.int8:
+        raise ValueError(f"x must be a 2-D int8 [M, K] tensor, got shape {tuple(x.shape)} of {x.dtype}")
+    m, k = x.shape
+    if x_scale.shape != (m,) or x_scale.dtype != torch.float32:
+        raise ValueError(
+            f"x_scale must be a [{m}] float32 tensor, got shape {tuple(x_scale.shape)} of {x_scale.dtype}"
+        )
+    if qweight.dtype != torch.int8 or qweight.dim() != 2 or qweight.shape[1] != k:
+        raise ValueError(
+            f"qweight must be a 2-D int8 [N, K={k}] tensor, got shape {tuple(qweight.shape)} of {qweight.dtype}"
+        )
+    n = qweight.shape[0]
+    _check_block_scale(k, n, scale, (torch.float32,))
+    if bias is not None and (bias.shape != (n,) or bias.dtype not in _FLOAT_DTYPES):
+        raise ValueError(f"bias must be a [{n}] float tensor, got shape {tuple(bias.shape)} of {bias.dtype}")
+
+
+# Output columns per chunk of the blockwise int8 x int8 kernel: the fp32 accumulator of a chunk stays in cache
+# while the blocks' int32 products are added into it (sweep at M = 512, 4096 x 4096, 128-blocks: 256-1024 equal).
+INT8_DYNAMIC_CHUNK_COLUMNS = 512
+
+
+def int8_dynamic_int_mm(x, x_scale, qweight, scale, bias=None, *, out_dtype=None):
+    """The kernel of ``int8_dynamic_linear``: exact int32 sums by ``torch._int_mm`` (oneDNN's VNNI / AMX-int8 GEMM on
+    CPU), then the scales in fp32. Per-channel scales take one GEMM; blockwise scales one GEMM per block and chunk
+    of output columns, each block's sums scaled and added in fp32."""
+    m, k = x.shape
+    n = qweight.shape[0]
+    scale = scale.reshape(n, -1)
+    groups = scale.shape[1]
+    x = x.contiguous()
+    x_scale = x_scale[:, None]
+    if groups == 1:
+        out = torch._int_mm(x, qweight.t()) * x_scale * scale[:, 0]
+        if bias is not None:
+            out = out + bias.float()
+        return out.to(out_dtype or torch.float32)
+    out = torch.empty((m, n), dtype=out_dtype or torch.float32, device=x.device)
+    blocks = x.reshape(m, groups, -1).transpose(0, 1).contiguous()  # [G, M, K / G]
+    for n0 in range(0, n, INT8_DYNAMIC_CHUNK_COLUMNS):
+        n1 = min(n, n0 + INT8_DYNAMIC_CHUNK_COLUMNS)
+        w = qweight[n0:n1].reshape(n1 - n0, groups, -1).transpose(0, 1).contiguous()  # [G, cols, K / G]
+        acc = torch.zeros((m, n1 - n0), dtype=torch.float32, device=x.device)
+        for g in range(groups):
+            acc.addcmul_(torch._int_mm(blocks[g], w[g].t()), scale[n0:n1, g])
+        acc.mul_(x_scale)
+        if bias is not None:
+            acc.add_(bias[n0:n1].float())
+        out[:, n0:n1] = acc
+    return out
+
+
+@torch.library.custom_op("inductor_quant::int8_dynamic_linear", mutates_args=())
+def int8_dynamic_linear(
+    x: torch.Tensor,
+    x_scale: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``(x @ qweight.T) * x_scale[:, None] * scale (+ bias)``: int8 activations times int8 weights, exact int32
+    sums, scales and bias in fp32.
+
+    Args:
+        x: ``[M, K]`` int8 activations (``primitives.quantize_activation_int8``: per-token absmax).
+        x_scale: ``[M]`` fp32 activation scales.
+        qweight: ``[N, K]`` int8 weights, row-major.
+        scale: fp32 weight scales, ``[N]`` (per channel) or ``[N, G]`` (one per block of ``K / G`` values; the int32
+            sum of each block is scaled separately).
+        bias: optional ``[N]`` float bias.
+        out_dtype: dtype of the ``[M, N]`` result; ``None`` means float32.
+    """
+    check_int8_dynamic_linear_args(x, x_scale, qweight, scale, bias)
+    return int8_dynamic_int_mm(x, x_scale, qweight, scale, bias, out_dtype=out_dtype)
+
+
+@int8_dynamic_linear.register_fake
+def _(x, x_scale, qweight, scale, bias=None, out_dtype=None):
+    check_int8_dynamic_linear_args(x, x_scale, qweight, scale, bias)
+    return x.new_empty((x.shape[0], qweight.shape[0]), dtype=out_dtype or torch.float32)

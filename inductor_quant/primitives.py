@@ -377,3 +377,88 @@ def ternary_linear_reference(
     if bias is not None:
         out = out + bias.float()
     return out.to(x.dtype)
+
+
+# --- quantized_matmul weights: int8, or int4 values in an int8 container, per channel or in blocks along K -------
+# Range of each weight width: the full signed range, so an asymmetric (zero-point) grid uses every code.
+QMM_RANGES = {8: (-128, 127), 4: (-8, 7)}
+
+
+def qmm_groups(k: int, block_size: int) -> int:
+    """Scale groups per output channel: 1 for per-channel (``block_size == -1``), else ``K / block_size``."""
+    if block_size == -1:
+        return 1
+    if not isinstance(block_size, int) or block_size <= 0 or k % block_size:
+        raise ValueError(
+            f"block_size must be -1 (per-channel) or a positive divisor of K={k}, got {block_size!r}"
+        )
+    return k // block_size
+
+
+def quantize_weight(
+    weight: torch.Tensor, bits: int = 8, block_size: int = -1, zero_point: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Quantize a float ``[N, K]`` weight for ``quantized_matmul``: per output channel (``block_size=-1``) or per
+    block of ``block_size`` values along K, to ``bits`` = 8 or 4 (int4 values kept in an int8 container).
+
+    Symmetric (default): ``scale = max|w| / qmax`` (qmax 127 or 7), ``q = round(w / scale)`` in ``[-qmax, qmax]``.
+    With ``zero_point``: the range ``[min(w, 0), max(w, 0)]`` is mapped onto every code (``[-128, 127]`` or
+    ``[-8, 7]``), ``zero_point`` is the integer code of 0.0, ``w ≈ (q - zero_point) * scale``.
+
+    Returns ``q`` (int8 ``[N, K]``), ``scale`` (fp32 ``[N]`` per channel, ``[N, K / block_size]`` blockwise) and
+    ``zero_point`` (fp32, the shape of ``scale``, integral values) or ``None``.
+    """
+    if weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(
+            f"expected a 2-D floating point weight, got shape {tuple(weight.shape)} of {weight.dtype}"
+        )
+    if bits not in QMM_RANGES:
+        raise ValueError(f"bits must be one of {tuple(QMM_RANGES)}, got {bits!r}")
+    n, k = weight.shape
+    groups = qmm_groups(k, block_size)
+    w = weight.detach().float().reshape(n, groups, k // groups)
+    qmin, qmax = QMM_RANGES[bits]
+    if zero_point:
+        lo = w.amin(dim=-1).clamp_max(0)
+        hi = w.amax(dim=-1).clamp_min(0)
+        scale = ((hi - lo) / (qmax - qmin)).clamp_min(SCALE_EPS)
+        zp = (qmin - torch.round(lo / scale)).clamp_(qmin, qmax)
+        q = (torch.round(w / scale[..., None]) + zp[..., None]).clamp_(qmin, qmax)
+    else:
+        scale = (w.abs().amax(dim=-1) / qmax).clamp_min(SCALE_EPS)
+        zp = None
+        q = torch.round(w / scale[..., None]).clamp_(-qmax, qmax)
+    squeeze = (lambda t: t[:, 0]) if block_size == -1 else (lambda t: t)
+    return q.reshape(n, k).to(torch.int8), squeeze(scale), squeeze(zp) if zp is not None else None
+
+
+def dequantize_weight(
+    q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None
+) -> torch.Tensor:
+    """fp32 ``[N, K]`` weight ``(q - zero_point) * scale``; ``scale`` is ``[N]`` or ``[N, G]`` (blocks of K / G)."""
+    n, k = q.shape
+    s = scale.float().reshape(n, -1, 1)
+    w = q.float().reshape(n, s.shape[1], -1)
+    if zero_point is not None:
+        w = w - zero_point.float().reshape(n, -1, 1)
+    return (w * s).reshape(n, k)
+
+
+def quantized_matmul_reference(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor | None = None,
+    quantize_activation: bool = False,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """fp32 reference of ``quantized_matmul``: the dequantized weight, ``x`` (or, with ``quantize_activation``, its
+    per-token absmax int8 rounding ``q * x_scale``), one fp32 matmul, the bias, one cast to ``x.dtype``."""
+    xf = x.reshape(-1, x.shape[-1]).float()
+    if quantize_activation:
+        xq, x_scale = quantize_activation_int8(xf)
+        xf = xq.float() * x_scale[:, None]
+    out = xf @ dequantize_weight(w, scale, zero_point).t()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype).reshape(*x.shape[:-1], w.shape[0])

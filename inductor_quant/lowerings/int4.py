@@ -39,7 +39,7 @@ dequant_mm_choice = _I.ExternKernelChoice(
 
 @L.register_lowering(torch.ops.inductor_quant.int4_weight_linear.default, type_promotion_kind=None)
 def int4_weight_linear_lowering(
-    x, qdata, scale, zero_point, group_size, bias=None, *, out_dtype=None, layout=None
+    x, qdata, scale, zero_point, group_size, bias=None, out_dtype=None, *, layout=None
 ):
     out_dtype = out_dtype or x.get_dtype()
     x = _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(x))

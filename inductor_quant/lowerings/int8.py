@@ -38,7 +38,7 @@ dequant_mm_choice = _I.ExternKernelChoice(
 
 
 @L.register_lowering(torch.ops.inductor_quant.int8_weight_linear.default, type_promotion_kind=None)
-def int8_weight_linear_lowering(x, qweight, scale, bias=None, *, out_dtype=None, layout=None):
+def int8_weight_linear_lowering(x, qweight, scale, bias=None, out_dtype=None, *, layout=None):
     out_dtype = out_dtype or x.get_dtype()
     m, n, k, layout, mat1, mat2 = _I.mm_args(
         x, qweight, layout=layout, out_dtype=out_dtype, mat2_transposed=True
