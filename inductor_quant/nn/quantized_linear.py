@@ -115,11 +115,10 @@ class QuantizedLinear(nn.Module):
             raise ValueError(
                 f"weight must be [{self.out_features}, {self.in_features}] for this layer, got {tuple(weight.shape)}"
             )
-        if (zero_point is None) != (self.weight_zero_point is None):
-            has = "has" if self.weight_zero_point is not None else "has no"
-            raise ValueError(
-                f"this layer {has} a zero point (zero_point=...), got zero_point={zero_point is not None}"
-            )
+        if zero_point is None and self.weight_zero_point is not None:
+            raise ValueError("this layer has a zero point (built with zero_point=True), got zero_point=None")
+        if zero_point is not None and self.weight_zero_point is None:
+            raise ValueError("this layer has no zero point (built with zero_point=False), got a zero_point")
         if (bias is not None) and self.bias is None:
             raise ValueError("this layer was built with bias=False, got a bias")
         qmin, qmax = QMM_RANGES[self.weight_bits]
