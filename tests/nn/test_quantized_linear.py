@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
@@ -53,6 +54,17 @@ def test_swapped_model_compiles_to_the_kernels():
     out, code = compile_and_run(model, x)
     assert counters["inductor_quant"]["int8_dynamic_kernel_int_mm"] == 3
     assert "extern_kernels.mm" not in code and "extern_kernels.addmm" not in code
+    # in front of each int8 GEMM, one fused kernel quantizes the activations (absmax, divide, round), the ReLU
+    # of the layer before fused into it; nothing else runs
+    calls = [
+        a or b
+        for a, b in re.findall(r"^\s+(cpp_fused_\w+)\(|extern_kernels\.(inductor_quant_\w+)\(", code, re.M)
+    ]
+    assert len(calls) == 6, calls
+    for i, (quantize, gemm) in enumerate(zip(calls[0::2], calls[1::2], strict=True)):
+        assert gemm == "inductor_quant_int8_dynamic_int_mm", calls
+        assert all(op in quantize for op in ("abs_amax", "div", "round")), calls
+        assert ("relu" in quantize) == (i > 0), calls
     with torch.no_grad():
         torch.testing.assert_close(out, model(x), atol=1e-4, rtol=1e-4)
 
@@ -112,3 +124,19 @@ def test_bad_values_name_themselves():
         layer.load_quantized_weight(q.clamp(-8, 7), s, None, torch.zeros(8))
     with pytest.raises(ValueError, match=r"weight must be \[8, 64\] for this layer"):
         layer.load_quantized_weight(torch.zeros(4, 64, dtype=torch.int8), s[:4])
+
+
+def test_readme_example_runs(tmp_path, monkeypatch):
+    """The README's quantized_matmul section is runnable as written."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("## quantized_matmul and QuantizedLinear") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["y"].shape == (3, 64) and namespace["y"].dtype == torch.bfloat16
+    assert namespace["out"].shape == (8, 64)
+    assert counters["inductor_quant"]["int8_dynamic_kernel_int_mm"] == 2
