@@ -508,13 +508,6 @@ def _(x, qweight, scale, bias=None, out_dtype=None):
     return x.new_empty((x.shape[0], qweight.shape[0]), dtype=out_dtype or x.dtype)
 
 
-def _int8_blockwise_setup_context(ctx, inputs, output):
-    x, qweight, scale, bias, _ = inputs
-    ctx.save_for_backward(qweight, scale)
-    ctx.x_dtype = x.dtype
-    ctx.bias_dtype = bias.dtype if bias is not None else None
-
-
 def _int8_blockwise_backward(ctx, grad):
     from .primitives import dequantize_weight
 
@@ -524,7 +517,8 @@ def _int8_blockwise_backward(ctx, grad):
     return grad_x, None, None, grad_bias, None
 
 
-int8_blockwise_linear.register_autograd(_int8_blockwise_backward, setup_context=_int8_blockwise_setup_context)
+# same inputs as int8_weight_linear, so the same context; only the weight's dequantization differs
+int8_blockwise_linear.register_autograd(_int8_blockwise_backward, setup_context=_int8_linear_setup_context)
 
 
 def check_int8_dynamic_linear_args(x, x_scale, qweight, scale, bias) -> None:
