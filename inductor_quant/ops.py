@@ -186,24 +186,33 @@ def check_int4_linear_args(
         raise ValueError(f"bias must be a [{n}] float tensor, got shape {tuple(bias.shape)} of {bias.dtype}")
 
 
-def int4_dequant_mm(x, qdata, scale, zero_point, group_size, bias=None, *, out_dtype=None):
-    """The prefill kernel: ``int4_weight_linear`` as dense GEMMs over chunks of W widened to ``x.dtype`` (by the
-    native kernel of ``kernels/int4_dequant.cpp``), each used while it is hot in cache."""
-    from .kernels import int4_dequantize_rows
-
+def widened_chunks_mm(x, n, widen_rows, bias=None, out_dtype=None):
+    """``x @ W.T (+ bias)`` for a quantized ``[n, K]`` weight that ``widen_rows(n0, n1)`` turns into float rows of
+    ``x.dtype``: ~``DEQUANT_CHUNK_BYTES`` of rows at a time, each chunk multiplied by the dense GEMM while it is hot
+    in cache. The whole float weight is never built."""
     m, k = x.shape
-    n = qdata.shape[0]
     out = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
     rows = max(64, DEQUANT_CHUNK_BYTES // (k * x.element_size()) // 64 * 64)
     x = x.contiguous()
     for n0 in range(0, n, rows):
         n1 = min(n, n0 + rows)
-        w = int4_dequantize_rows(qdata[n0:n1], scale[n0:n1], zero_point[n0:n1], group_size, x.dtype)
+        w = widen_rows(n0, n1)
         if bias is None:
             out[:, n0:n1] = x @ w.t()
         else:
             out[:, n0:n1] = torch.addmm(bias[n0:n1].to(x.dtype), x, w.t())
     return out
+
+
+def int4_dequant_mm(x, qdata, scale, zero_point, group_size, bias=None, *, out_dtype=None):
+    """The prefill kernel: ``int4_weight_linear`` as dense GEMMs over chunks of W widened to ``x.dtype`` (by the
+    native kernel of ``kernels/int4_dequant.cpp``), each used while it is hot in cache."""
+    from .kernels import int4_dequantize_rows
+
+    def widen_rows(n0, n1):
+        return int4_dequantize_rows(qdata[n0:n1], scale[n0:n1], zero_point[n0:n1], group_size, x.dtype)
+
+    return widened_chunks_mm(x, qdata.shape[0], widen_rows, bias, out_dtype)
 
 
 @torch.library.custom_op("inductor_quant::int4_weight_linear", mutates_args=())
@@ -461,21 +470,14 @@ def check_int8_blockwise_linear_args(x, qweight, scale, bias) -> None:
 def int8_blockwise_dequant_mm(x, qweight, scale, bias=None, *, out_dtype=None):
     """The kernel of ``int8_blockwise_linear``: rows of W dequantized (``q * scale`` per block, in fp32, rounded
     once to ``x.dtype``) ~2 MiB at a time, each chunk multiplied by the dense GEMM while it is hot in cache."""
-    m, k = x.shape
-    n = qweight.shape[0]
+    n, k = qweight.shape
     scale = scale.float().reshape(n, -1, 1)
-    groups = scale.shape[1]
-    out = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
-    rows = max(64, DEQUANT_CHUNK_BYTES // (k * x.element_size()) // 64 * 64)
-    x = x.contiguous()
-    for n0 in range(0, n, rows):
-        n1 = min(n, n0 + rows)
-        w = (qweight[n0:n1].reshape(n1 - n0, groups, -1) * scale[n0:n1]).reshape(n1 - n0, k).to(x.dtype)
-        if bias is None:
-            out[:, n0:n1] = x @ w.t()
-        else:
-            out[:, n0:n1] = torch.addmm(bias[n0:n1].to(x.dtype), x, w.t())
-    return out
+
+    def widen_rows(n0, n1):
+        blocks = qweight[n0:n1].reshape(n1 - n0, scale.shape[1], -1)
+        return (blocks * scale[n0:n1]).reshape(n1 - n0, k).to(x.dtype)
+
+    return widened_chunks_mm(x, n, widen_rows, bias, out_dtype)
 
 
 @torch.library.custom_op("inductor_quant::int8_blockwise_linear", mutates_args=())

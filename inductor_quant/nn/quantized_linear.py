@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..primitives import QMM_RANGES, qmm_groups, quantize_weight
+from ..primitives import QMM_RANGES, dequantize_weight, qmm_groups, quantize_weight
 from ..quantized_matmul import check_quantized_matmul_args
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,6 @@ class QuantizedLinear(nn.Module):
 
     def dequantized_weight(self) -> torch.Tensor:
         """The fp32 ``[out, in]`` weight this layer multiplies by."""
-        from ..primitives import dequantize_weight
-
         return dequantize_weight(self.weight, self.weight_scaler, self.weight_zero_point)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
