@@ -118,12 +118,13 @@ def quantize_int4_groupwise(
     n, k = weight.shape
     check_int4_group(k, group_size)
     rows = max(1, (16 << 20) // (4 * k))  # bound the fp32 temporaries to ~16 MiB per candidate
-    parts = [_quantize_int4_rows(weight[i : i + rows], group_size, scale_dtype) for i in range(0, n, rows)]
+    parts = [quantize_int4_rows(weight[i : i + rows], group_size, scale_dtype) for i in range(0, n, rows)]
     qdata, scale, zero_point = (torch.cat(p) for p in zip(*parts, strict=True))
     return qdata, scale, zero_point
 
 
-def _quantize_int4_rows(weight: torch.Tensor, group_size: int, scale_dtype: torch.dtype):
+def quantize_int4_rows(weight: torch.Tensor, group_size: int, scale_dtype: torch.dtype):
+    """``quantize_int4_groupwise`` without the checks and the memory bound: one pass over ``weight``."""
     n, k = weight.shape
     w = weight.detach().float().reshape(n, k // group_size, group_size)
     lo0 = w.amin(dim=-1).clamp_max(0)  # the range always contains 0, so the zero point is in [0, 15]
