@@ -22,6 +22,7 @@ Any other ``options`` are Inductor config patches, as with ``backend="inductor"`
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 FREEZING_OPTION = "inductor_quant.freezing"
 PREPACK_OPTION = "inductor_quant.prepack"
+REPORT_CHOICES_ENV = "TORCHINDUCTOR_MAX_AUTOTUNE_REPORT_CHOICES_STATS"
 
 
 def quant_inductor(
@@ -56,6 +58,11 @@ def quant_inductor(
     from .passes import prepack_pass, rewrite_pass
 
     patches.setdefault("joint_custom_post_pass", rewrite_pass())
+    # The package's lowerings autotune in the default mode, where stock Inductor does not; Inductor would then
+    # write its "Autotune Choices Stats" lines to stderr on every compile. TORCH_LOGS="+inductor_quant" reports
+    # the same choices; the environment variable still turns the stderr report back on.
+    if REPORT_CHOICES_ENV not in os.environ:
+        patches.setdefault("max_autotune_report_choices_stats", False)
     if not (freeze and not torch.is_grad_enabled()):
         return compile_fx(gm, example_inputs, config_patches=patches)
 

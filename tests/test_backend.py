@@ -199,10 +199,12 @@ def test_torch_logs_shows_rewrites_kernels_and_timings():
     log = proc.stderr
     assert re.search(r"offered \['aten', 'int8_gemv'\], chose \w+", log), log[-3000:]
     assert re.search(r"autotune inductor_quant_int8_weight_linear .*: .* us", log), log[-3000:]
-    assert "-> blocked decode layout" in log and "kernel" in log
+    assert "-> blocked decode layout" in log
     assert re.search(
         r"int4_weight_linear M=2 N=64 K=256 .*offered \['dequant_mm', 'int4_gemv'\], chose \w+", log
     )
     assert re.search(r"prepacked .*int4 weight .* \[64, 256\] g64 \(M=2\) -> blocked decode layout", log), (
         log[-3000:]
     )
+    # Inductor's own stderr report of autotune choices is off: the log above says it.
+    assert "Autotune Choices Stats" not in log
