@@ -50,12 +50,15 @@ class PeftQuantizedLoraLinear(PeftLoraLinear):
                     f"fan_in_fan_out=True does not apply to a quantized nn.Linear (adapter {adapter_name!r})"
                 )
         super().update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config, **kwargs)
-        if self._quantized and adapter_name in self.lora_variant:
-            variant = type(self.lora_variant[adapter_name]).__name__
+
+    def resolve_lora_variant(self, *, config: LoraConfig, **kwargs: Any):
+        variant = super().resolve_lora_variant(config=config, **kwargs)
+        if variant is not None and self._quantized:
             raise ValueError(
-                f"LoRA variant {variant} (adapter {adapter_name!r}) cannot be merged into a quantized weight; "
+                f"LoRA variant {getattr(variant, '__name__', variant)} cannot be merged into a quantized weight; "
                 "use plain LoRA on quantized layers"
             )
+        return variant
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         if not self._quantized:
