@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 
 import inductor_quant as iq
 from inductor_quant.nn import LoraLinear, add_lora, merge_and_unload
@@ -245,3 +246,24 @@ def test_bad_values_name_themselves():
     layer.merge()
     with pytest.raises(ValueError, match="adapter 'a' is merged; unmerge"):
         layer.delete_adapter("a")
+
+
+def test_readme_examples_run(tmp_path, monkeypatch):
+    """The README's LoRA section (both examples, in one namespace) is runnable as written."""
+    import pathlib
+    import re
+
+    pytest.importorskip("peft")
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    start = readme.index("## LoRA on quantized layers")
+    section = readme[start : readme.index("\n## ", start + 1)]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), namespace)
+    assert counters["inductor_quant"]["int8_lowered"] == 2  # the compiled training step ran the int8 kernels
+    deployed, merged = namespace["deployed"], namespace["merged"]
+    assert type(deployed[0]) is nn.Linear and isinstance(deployed[0].weight, iq.Int8WeightTensor)
+    assert type(merged[2]) is nn.Linear and isinstance(merged[2].weight, iq.Int4WeightTensor)
