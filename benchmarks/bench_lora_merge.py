@@ -73,9 +73,9 @@ class Requantize:
         return 0
 
 
-def _timed(fn):
+def _timed(fn, *args):
     start = time.perf_counter()
-    out = fn()
+    out = fn(*args)
     return out, time.perf_counter() - start
 
 
@@ -96,13 +96,13 @@ def run(k: int, n: int, rank: int):
                 unmerged = x @ w0.T + x @ (lora_delta(a, b, 1.0, slice(0, n)).float()).T
                 merge_s, unmerge_s, drift = [], [], {}
                 for cycle in range(1, max(CYCLES) + 1):
-                    record, t = _timed(lambda w=w, m=method: m.merge(w, a, b))
+                    record, t = _timed(method.merge, w, a, b)
                     merge_s.append(t)
                     if cycle == 1:
                         merged = x @ w.dequantize(torch.float32).T
                         error = ((merged - unmerged).norm() / unmerged.norm()).item()
                         extra = method.extra_bytes(record)
-                    _, t = _timed(lambda w=w, m=method, r=record: m.unmerge(w, r))
+                    _, t = _timed(method.unmerge, w, record)
                     unmerge_s.append(t)
                     if cycle in CYCLES:
                         drift[cycle] = ((w.dequantize(torch.float32) - w0).norm() / w0.norm()).item()
@@ -123,13 +123,17 @@ def run(k: int, n: int, rank: int):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--shape", default="4096x4096", help="KxN of the layer")
     parser.add_argument("--rank", type=int, default=16)
     args = parser.parse_args()
     k, n = map(int, args.shape.split("x"))
     rows = run(k, n, args.rank)
-    print(f"\nK x N = {k} x {n}, rank {args.rank}, bf16 weights; drift after 1 / 5 / 10 merge-unmerge cycles\n")
+    print(
+        f"\nK x N = {k} x {n}, rank {args.rank}, bf16 weights; drift after 1 / 5 / 10 merge-unmerge cycles\n"
+    )
     print(
         "| scheme | delta / W | method | merged-output error | drift 1 / 5 / 10 | merge ms | unmerge ms "
         "| extra MiB while merged (weight MiB) |"
