@@ -99,7 +99,10 @@ def _int8_write(w: Int8WeightTensor, rows: slice, q: torch.Tensor, params) -> No
 
 def _int8_requantize(fresh: torch.Tensor, scale_dtype: torch.dtype):
     q, scale = quantize_int8_per_channel(fresh)
-    return q.to(torch.int32), (scale.to(scale_dtype),)
+    if scale_dtype != scale.dtype:  # round against the scale as stored
+        scale = scale.to(scale_dtype)
+        q = torch.round(fresh / scale.double()[:, None]).clamp_(-INT8_QMAX, INT8_QMAX)
+    return q.to(torch.int32), (scale,)
 
 
 def _int4_read(w: Int4WeightTensor, rows: slice):

@@ -33,8 +33,10 @@ DELTAS = {"small": 0.003, "typical": 0.05, "large": 0.5}
 def quantized_weight(scheme: str, n: int, k: int, seed: int = 0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(n, k, generator=g) / k**0.5
-    if scheme == "int8":
+    if scheme.startswith("int8"):
         q, s = quantize_int8_per_channel(w)
+        if scheme == "int8-bf16-scale":
+            s = s.to(torch.bfloat16)
         return Int8WeightTensor(q, s, dtype=dtype)
     group = int(scheme.split("-g")[1])
     if k % group:
@@ -68,7 +70,7 @@ def row_chunk(request, monkeypatch):
 
 
 @pytest.mark.parametrize("size", list(DELTAS))
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", [*SCHEMES, "int8-bf16-scale"])
 @pytest.mark.parametrize(("n", "k"), SHAPES)
 def test_unmerge_restores_the_weight_bit_exactly_over_ten_cycles(scheme, n, k, size, row_chunk):
     w = quantized_weight(scheme, n, k)
