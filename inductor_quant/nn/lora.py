@@ -211,8 +211,9 @@ def add_lora(
 def merge_and_unload(
     model: nn.Module, safe_merge: bool = False, adapter_names: Sequence[str] | None = None
 ) -> nn.Module:
-    """Merge the adapters of every ``LoraLinear`` in ``model`` and put its (quantized) base layer back in its place.
-    With ``safe_merge=True`` every layer's adapters are checked for non-finite values before any layer changes."""
+    """Merge the adapters of every ``LoraLinear`` in ``model`` and put its (quantized) base layer back in its place
+    (``model`` itself may be a ``LoraLinear``: its base layer is returned). With ``safe_merge=True`` every layer's
+    adapters are checked for non-finite values before any layer changes. Returns the model."""
     layers = [(fqn, m) for fqn, m in model.named_modules() if isinstance(m, LoraLinear)]
     if safe_merge:
         for _, layer in layers:
@@ -224,6 +225,8 @@ def merge_and_unload(
                     )
     for fqn, layer in layers:
         layer.merge(adapter_names=adapter_names)
+        if not fqn:
+            return layer.base_layer
         _set_submodule(model, fqn, layer.base_layer)
     return model
 

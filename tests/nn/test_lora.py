@@ -200,6 +200,8 @@ def test_merge_and_unload_gives_back_quantized_linears(scheme):
         merged_model.up.weight, iq.Int8WeightTensor if scheme == "int8" else iq.Int4WeightTensor
     )
     assert sqnr(unmerged, merged_model(x)) > (40.0 if scheme == "int8" else 15.0)
+    solo = iq.quantize_(nn.Linear(64, 32), CONFIGS[scheme])
+    assert merge_and_unload(LoraLinear(solo, "solo")) is solo  # a bare LoraLinear gives back its base layer
 
 
 def test_add_lora_targets_quantized_linears_and_filters():
