@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 FREEZING_OPTION = "inductor_quant.freezing"
 PREPACK_OPTION = "inductor_quant.prepack"
 REPORT_CHOICES_ENV = "TORCHINDUCTOR_MAX_AUTOTUNE_REPORT_CHOICES_STATS"
+_FREEZABLE_INPUTS = (torch.Tensor, torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)
 
 
 def quant_inductor(
@@ -64,6 +65,14 @@ def quant_inductor(
     if REPORT_CHOICES_ENV not in os.environ:
         patches.setdefault("max_autotune_report_choices_stats", False)
     if not (freeze and not torch.is_grad_enabled()):
+        return compile_fx(gm, example_inputs, config_patches=patches)
+    opaque = sorted({type(v).__name__ for v in example_inputs if not isinstance(v, _FREEZABLE_INPUTS)})
+    if opaque:
+        # e.g. the DeviceMesh of a DTensor (tensor-parallel) graph: Inductor's freezing would try to make a
+        # constant of it and fail. The graph still gets the rewrite and the lowerings, on weights passed as inputs.
+        log.info(
+            "freezing off for this graph: it takes %s inputs, which freezing cannot hold", ", ".join(opaque)
+        )
         return compile_fx(gm, example_inputs, config_patches=patches)
 
     kept = _lift_module_state_to_attributes(gm, example_inputs)
