@@ -7,6 +7,7 @@ quantized layers of ``inductor_quant.nn`` (``BitLinear`` with ``BitQuantConfig``
 """
 
 from . import (
+    distributed,  # noqa: F401  (the aten ops DTensor sharding needs, on the weight subclasses)
     nn,
     quantized_matmul,  # noqa: F401  (registers torch.ops.inductor_quant.quantized_matmul)
 )
