@@ -216,3 +216,22 @@ def test_distributed_checkpoint_round_trip(scheme, tmp_path):
 
 def test_uneven_shards_and_group_cutting_splits():
     spawn(uneven_and_bad_splits)
+
+
+def test_readme_torchrun_example(tmp_path):
+    """The README's tensor-parallel example, run as it says: torchrun with 2 processes."""
+    import pathlib
+    import subprocess
+    import sys
+
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Tensor parallelism") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "tp_example.py").write_text(code)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD)]
+    cmd += ["--master-port", str(_free_port()), "tp_example.py"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in range(WORLD):
+        assert re.search(rf"^{rank} Int4WeightTensor\(shape=\(2048, 1024\)", proc.stdout, re.M), proc.stdout
+    assert (tmp_path / "tp_checkpoint" / ".metadata").exists()
