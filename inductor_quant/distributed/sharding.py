@@ -64,7 +64,7 @@ def slice_weight(w: QuantizedWeightTensor, dim: int, start: int, stop: int) -> Q
         if rule.k_dim is None:
             sliced.append(t)
             continue
-        per = rule.k_per_index if isinstance(rule.k_per_index, int) else getattr(w, rule.k_per_index)
+        per = _k_per_index(w, rule)
         _check_whole_units(w, rule, per, dim, start, stop)
         sliced.append(t.narrow(rule.k_dim, start // per, (stop - start) // per))
     return type(w)(*sliced, dtype=w.dtype, transposed=w.transposed, **w._attrs())
@@ -108,13 +108,17 @@ def pad_weight(w: QuantizedWeightTensor, dim: int, size: int) -> QuantizedWeight
             padded.append(t)
             continue
         else:
-            per = rule.k_per_index if isinstance(rule.k_per_index, int) else getattr(w, rule.k_per_index)
+            per = _k_per_index(w, rule)
             _check_whole_units(w, rule, per, dim, w.shape[dim], w.shape[dim] + size)
             pad_dim, pad = rule.k_dim, size // per
         shape = list(t.shape)
         shape[pad_dim] = pad
         padded.append(torch.cat([t, t.new_zeros(shape)], pad_dim))
     return type(w)(*padded, dtype=w.dtype, transposed=w.transposed, **w._attrs())
+
+
+def _k_per_index(w: QuantizedWeightTensor, rule: FieldRule) -> int:
+    return rule.k_per_index if isinstance(rule.k_per_index, int) else getattr(w, rule.k_per_index)
 
 
 def _check_whole_units(w, rule: FieldRule, per: int, dim: int, start: int, stop: int) -> None:
