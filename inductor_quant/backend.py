@@ -8,7 +8,8 @@ What it turns on, for the graphs it compiles only (plain ``torch.compile`` is un
 * the dequantize -> matmul rewrite pass (``inductor_quant/passes``), as Inductor's ``joint_custom_post_pass``,
   which runs before freezing can fold a quantized weight into a float one;
 * under ``torch.no_grad()``, freezing: module parameters and buffers become compile-time constants, so quantized
-  weights can be prepacked and the kernels specialised to them. Stock Inductor decides this at trace time from the
+  weights can be prepacked and the kernels specialised to them (not for graphs with non-tensor inputs, such as a
+  tensor-parallel graph's ``DeviceMesh``, which freezing cannot hold). Stock Inductor decides this at trace time from the
   global ``torch._inductor.config.freezing``; this backend decides it per graph instead. Turn it off with
   ``options={"inductor_quant.freezing": False}``. As with stock freezing, a frozen graph does not see later
   in-place updates of the weights: recompile (``torch._dynamo.reset()``) after changing them;
