@@ -3,7 +3,7 @@
 Sharding a quantized weight slices each of its inner tensors, so a shard holds int data and its own scales (and
 zero points), never a float copy. Which inner dimension follows which weight dimension is one table,
 ``SHARD_RULES``; the aten ops DTensor reaches while sharding and redistributing (split, slice, scatter, ...)
-are implemented from it, one ``@implements`` block each.
+are implemented from it, one ``@implements`` block each (the collectives in ``collectives.py``).
 """
 
 from __future__ import annotations
@@ -11,13 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed._functional_collectives  # noqa: F401  (registers _c10d_functional._wrap_tensor_autograd)
 from torch.utils._python_dispatch import return_and_correct_aliasing
 
 from ..tensor import Int4WeightTensor, Int8WeightTensor, QuantizedWeightTensor
 
 aten = torch.ops.aten
-c10d = torch.ops.c10d
 
 
 @dataclass(frozen=True)
@@ -172,22 +170,6 @@ def _(func, args, kwargs):
     return args[0].shape == args[1].shape
 
 
-@implements(c10d.scatter_.default)
-def _(func, args, kwargs):
-    """``dist.scatter`` of quantized weights: one scatter per inner tensor, in declaration order."""
-    outputs, inputs, *rest = args
-    works = []
-    for i in range(len(outputs[0].tensor_data_names)):
-        inner_out = [o._tensors()[i] for o in outputs]
-        # (gloo sends a tensor's storage as is: a K slice's inner tensors must be made contiguous)
-        inner_in = [[t._tensors()[i].contiguous() for t in ranks] for ranks in inputs]
-        _, work = func(inner_out, inner_in, *rest, **kwargs)
-        works.append(work)
-    for work in works[:-1]:
-        work.wait()
-    return outputs, works[-1]
-
-
 @implements(aten.is_pinned.default)
 def _(func, args, kwargs):
     return all(t.is_pinned() for t in args[0]._tensors())
@@ -214,30 +196,3 @@ def _(func, args, kwargs):
     if pad[3]:
         w = pad_weight(w, 0, pad[3])
     return w
-
-
-_c10d_functional = torch.ops._c10d_functional
-
-
-@implements(_c10d_functional.all_gather_into_tensor.default)
-def _(func, args, kwargs):
-    """All-gather along dim 0 of every inner tensor (all of them run along N in dim 0): DTensor gathers a shard
-    along dim 0 and, for a K shard, then re-joins the pieces along K with ``cat``."""
-    w, *rest = args
-    return w._rebuild(lambda t: func(t.contiguous(), *rest, **kwargs))
-
-
-@implements(_c10d_functional.wait_tensor.default)
-def _(func, args, kwargs):
-    for t in args[0]._tensors():
-        func(t)
-    return args[0]
-
-
-@implements(_c10d_functional._wrap_tensor_autograd.default)
-def _(func, args, kwargs):
-    # Eagerly, funcol would wrap the result in an AsyncCollectiveTensor to wait on first use; a quantized weight
-    # waits for its inner collectives here instead.
-    for t in args[0]._tensors():
-        torch.ops._c10d_functional.wait_tensor(t)
-    return args[0]._rebuild()
