@@ -9,6 +9,7 @@ that rank's traceback.
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import re
 import socket
@@ -38,6 +39,12 @@ def _entry(rank: int, scenario: str, port: int, args: tuple) -> None:
     torch.set_num_threads(1)
     try:
         globals()[scenario](rank, *args)
+        # Gloo, not this package: after a functional all-gather (full_tensor, on float DTensors too), a rank that
+        # tears down while garbage from the collective is still alive aborts at interpreter exit now and then
+        # (SIGABRT / SIGBUS, "terminate called without an active exception"). Collect it and let every rank
+        # finish its collectives first.
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
