@@ -53,11 +53,17 @@ def inductor_internals():
     from torch._inductor.kernel.mm_common import mm_args  # realizes inputs, builds the output layout
     from torch._inductor.select_algorithm import (  # autotuning between choices
         ExternKernelChoice,
+        SymbolicGridFn,  # a Triton template's launch grid, evaluated on symbolic sizes too
+        TritonTemplate,  # base of the Triton templates
         add_feedback_saver,  # autotune timings, for the log
         autotune_select_algorithm,
         realize_inputs,
     )
-    from torch._inductor.utils import parallel_num_threads  # the OpenMP thread count kernels are built for
+    from torch._inductor.utils import (
+        parallel_num_threads,  # the OpenMP thread count kernels are built for
+        use_triton_template,  # whether the device takes Triton templates (Inductor's own rule)
+    )
+    from torch._inductor.virtualized import V  # the graph being lowered (size hints), the ops handler
 
     return _Internals(
         ir=ir,
@@ -69,6 +75,10 @@ def inductor_internals():
         autotune_select_algorithm=autotune_select_algorithm,
         realize_inputs=realize_inputs,
         parallel_num_threads=parallel_num_threads,
+        SymbolicGridFn=SymbolicGridFn,
+        TritonTemplate=TritonTemplate,
+        V=V,
+        use_triton_template=use_triton_template,
     )
 
 

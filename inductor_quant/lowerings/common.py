@@ -8,12 +8,15 @@ import logging
 from torch._dynamo.utils import counters
 
 from .._compat import inductor_internals
+from ..templates.cpp.gemv import cpp_templates_apply
 
 log = logging.getLogger(__name__)
 _I = inductor_internals()
 
 # (op name, M, N, K, input dtypes..., out dtype) -> name of the winning choice, for this process
 _tuned: dict[tuple, str] = {}
+# id(ChoiceCaller) -> the package's name for it ("int8_gemv", "triton_16x64x128_w4_s4"), for the timing log
+_choice_names: dict[int, str] = {}
 
 
 def reset_tuning_cache() -> None:
@@ -37,15 +40,23 @@ def select(
     ``scheme`` prefixes the counters (``int8_lowered``, ``int4_kernel_int4_gemv``, ...).
     """
     if forced is not None:
-        if forced not in choices:
+        # a choice's name, or "triton" for every Triton template config
+        kept = {
+            n: c
+            for n, c in choices.items()
+            if n == forced or (forced == "triton" and n.startswith("triton_"))
+        }
+        if not kept:
             raise ValueError(f"{env}={forced!r} is not offered for {name} {key}; offered: {list(choices)}")
-        choices = {forced: choices[forced]}
+        choices = kept
     remembered = _tuned.get((name, *key))
     if remembered in choices and len(choices) > 1:
         log.info("%s %s: reusing the tuned choice %s", name, key[:3], remembered)
         counters["inductor_quant"][f"{scheme}_tuning_reused"] += 1
         choices = {remembered: choices[remembered]}
     _install_timing_log()
+    _choice_names.clear()
+    _choice_names.update({id(c): n for n, c in choices.items()})
     out, winner = _I.autotune_select_algorithm(name, list(choices.values()), inputs, layout)
     chosen = next((n for n, c in choices.items() if c is winner), next(iter(choices)))
     _tuned[(name, *key)] = chosen
@@ -74,7 +85,10 @@ def _install_timing_log() -> None:
             shapes = [list(n.get_size()) for n in input_nodes]
             ranked = sorted(timings.items(), key=lambda kv: kv[1])
             log.debug(
-                "autotune %s %s: %s", name, shapes, ", ".join(f"{c.name} {t * 1e3:.1f} us" for c, t in ranked)
+                "autotune %s %s: %s",
+                name,
+                shapes,
+                ", ".join(f"{_choice_names.get(id(c), c.name)} {t * 1e3:.1f} us" for c, t in ranked),
             )
         except Exception as e:  # noqa: BLE001 - logging must not break compilation
             log.debug("autotune %s: could not log timings (%s)", name, e)
@@ -94,8 +108,8 @@ def is_static_decode(mat1, max_m: int) -> bool:
 
 
 def gemv_applies(mat1, weight, max_m: int, k_step: int) -> bool:
-    """A GEMV template needs a CPU device, static shapes, M <= ``max_m`` and K a multiple of its ``k_step``."""
-    if mat1.get_device() is None or mat1.get_device().type != "cpu":
+    """A GEMV template needs a CPU device with the C++ backend, static shapes, M <= ``max_m`` and K a multiple of its ``k_step``."""
+    if not cpp_templates_apply(mat1.get_device()):
         return False
     if not _static(*mat1.get_size(), *weight.get_size()):
         return False

@@ -21,6 +21,8 @@ from .._compat import inductor_internals
 from ..ops import int4_dequant_mm
 from ..settings import INT4_KERNEL_ENV, forced_int4_kernel
 from ..templates.cpp.int4_gemv import K_STEP, MAX_M, CppInt4GemvTemplate
+from ..templates.triton.common import triton_applies
+from ..templates.triton.int4_mm import add_int4_mm_choices
 from .common import gemv_applies, select
 
 _I = inductor_internals()
@@ -54,7 +56,9 @@ def int4_weight_linear_lowering(
     choices = {
         "dequant_mm": dequant_mm_choice.bind(inputs, layout, group_size=group_size, out_dtype=out_dtype)
     }
-    if forced != "dequant_mm" and gemv_applies(x, qdata, MAX_M, K_STEP):
+    if triton_applies(layout):
+        add_int4_mm_choices(choices, x, qdata, *weights, group_size, bias, layout)
+    elif forced != "dequant_mm" and gemv_applies(x, qdata, MAX_M, K_STEP):
         choices["int4_gemv"] = CppInt4GemvTemplate.choice(
             layout,
             inputs,

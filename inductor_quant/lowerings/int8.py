@@ -19,6 +19,8 @@ from .._compat import inductor_internals
 from ..ops import int8_dequant_mm, int8_weight_linear
 from ..settings import INT8_KERNEL_ENV, forced_int8_kernel
 from ..templates.cpp.int8_gemv import K_STEP, MAX_M, CppInt8GemvTemplate
+from ..templates.triton.common import triton_applies
+from ..templates.triton.int8_mm import add_int8_mm_choices
 from .common import gemv_applies, is_static_decode, select
 
 _I = inductor_internals()
@@ -52,7 +54,14 @@ def int8_weight_linear_lowering(x, qweight, scale, bias=None, out_dtype=None, *,
     mat2 = _I.ir.ExternKernel.require_contiguous(mat2)
     inputs = [mat1, mat2, _I.realize_inputs(scale)] + ([_I.realize_inputs(bias)] if bias is not None else [])
     key = (m, n, k, *(t.get_dtype() for t in inputs), out_dtype)
-    if forced == "dequant_mm" or (forced is None and not is_static_decode(mat1, MAX_M)):
+    if triton_applies(layout):
+        # GPU: aten's kernel, the dequantize + dense GEMM path and the Triton template, for every M
+        choices = {
+            "aten": aten_choice.bind(inputs, layout, out_dtype=out_dtype),
+            "dequant_mm": dequant_mm_choice.bind(inputs, layout, out_dtype=out_dtype),
+        }
+        add_int8_mm_choices(choices, mat1, mat2, scale, bias, layout)
+    elif forced == "dequant_mm" or (forced is None and not is_static_decode(mat1, MAX_M)):
         choices = {"dequant_mm": dequant_mm_choice.bind(inputs, layout, out_dtype=out_dtype)}
     else:
         choices = {"aten": aten_choice.bind(inputs, layout, out_dtype=out_dtype)}

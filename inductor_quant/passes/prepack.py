@@ -36,7 +36,7 @@ from ..primitives import (
 )
 from ..settings import INT4_KERNEL_ENV, INT8_KERNEL_ENV, forced_int4_kernel, forced_int8_kernel
 from ..templates.cpp import int4_gemv
-from ..templates.cpp.gemv import MAX_M
+from ..templates.cpp.gemv import MAX_M, cpp_templates_apply
 
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
@@ -77,8 +77,8 @@ def _skip_reason(node: Node, x: Node, weights: list[Node], gm: GraphModule, k_mu
         if w.op != "get_attr":
             return f"weight {w.name} is a graph input, not a frozen constant"
     device = getattr(gm, weights[0].target).device
-    if device.type != "cpu":
-        return f"weight on {device} (the GEMV templates are CPU only)"
+    if not cpp_templates_apply(device):
+        return f"weight on {device} (the GEMV templates need a CPU and Inductor's C++ backend)"
     k = x.meta["val"].shape[-1]
     if m is None or m > MAX_M or k % k_multiple:
         return f"M={m} (decode needs static M <= {MAX_M}), K={k} (needs K % {k_multiple} == 0)"

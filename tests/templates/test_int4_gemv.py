@@ -58,8 +58,7 @@ constexpr float zbias = 128.f;   // the unpacked nibbles are 128 + q
 constexpr float zbias = 0.f;
 constexpr float zbias = 0.f;
 for (; m + 4 <= M; m += 4) iq4_block<4, GS>(wr, KS, K, xe + m * K, K, sc, acc + m * IQ4_NR);
-float out = acc[mm * IQ4_NR + r] + iq4_dot(co_rows[r], xsum + mm * G, G);
-out += static_cast<float>(B[n0 + r]);
+const float out = (acc[mm * IQ4_NR + r] + iq4_dot(co_rows[r], xsum + mm * G, G)) + static_cast<float>(B[n0 + r]);
 Y[mm * N + n0 + r] = static_cast<at::BFloat16>(out);
 bufN = empty_strided_cpu((8, ), (1, ), torch.bfloat16)
 KERNEL(bufN)
@@ -93,8 +92,7 @@ constexpr float zbias = 128.f;   // the unpacked nibbles are 128 + q
 constexpr float zbias = 0.f;
 constexpr float zbias = 0.f;
 for (; m + 4 <= M; m += 4) iq4_block<4, GS>(wr, KS, K, xe + m * K, K, sc, acc + m * IQ4_NR);
-float out = acc[mm * IQ4_NR + r] + iq4_dot(co_rows[r], xsum + mm * G, G);
-out += static_cast<float>(B[n0 + r]);
+const float out = (acc[mm * IQ4_NR + r] + iq4_dot(co_rows[r], xsum + mm * G, G)) + static_cast<float>(B[n0 + r]);
 Y[mm * N + n0 + r] = static_cast<at::Half>(out);
 bufN = empty_strided_cpu((5, 8), (8, 1), torch.float16)
 KERNEL(primals_N, primals_N, primals_N, primals_N, primals_N, bufN)""",

@@ -47,8 +47,7 @@ constexpr int64_t K = 300;
 constexpr int64_t KP = 128;              // bytes per packed row
 constexpr int64_t KPAD = KP * 4;                  // K rounded up to whole 256-value blocks
 case 1: iqt_dot_vnni<1>(wr, n_kb, xk + m * KPAD, KPAD, acc + m * IQT_NR); break;
-float out = dot * static_cast<float>(XS[mm]) * static_cast<float>(WS[n0 + r]);
-out += static_cast<float>(B[n0 + r]);
+const float out = dot * static_cast<float>(XS[mm]) * static_cast<float>(WS[n0 + r]) + static_cast<float>(B[n0 + r]);
 Y[mm * N + n0 + r] = static_cast<at::BFloat16>(out);
 bufN = empty_strided_cpu((1, 1), (1, 1), torch.float32)
 bufN = empty_strided_cpu((1, 300), (300, 1), torch.int8)

@@ -14,12 +14,21 @@ from typing import Any, ClassVar
 import torch
 
 from ..._compat import inductor_internals
+from ..epilogue import cpp_scale_bias
 
 _I = inductor_internals()
 
 # Largest M the templates are offered for: they re-read the activations once per row block and are compute-bound
 # past a few rows (benchmarks/: M = 16 already is), so prefill-sized M goes to a dequantize + dense GEMM kernel.
 MAX_M = 32
+
+
+def cpp_templates_apply(device) -> bool:
+    """The CPP templates run on a CPU device whose Inductor backend is C++ (the default; with
+    ``cpu_backend="triton"`` Inductor's scheduler cannot render them)."""
+    from torch._inductor import config
+
+    return device is not None and device.type == "cpu" and config.cpu_backend == "cpp"
 
 
 @functools.cache
@@ -89,6 +98,7 @@ class CppGemvTemplate(_I.CppTemplate):
             export_declaration="",
             epilogue_nodes=epilogue_nodes,
             store_epilogue=store_epilogue,
+            epilogue=cpp_scale_bias,  # the shared scale / bias epilogue (templates/epilogue.py), as C++
             **self.options(X),
         )
         return compiled_source(self.source).render(**options)

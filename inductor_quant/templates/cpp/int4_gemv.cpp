@@ -362,10 +362,7 @@ extern "C" {{export_declaration}}
         // --- epilogue: + zero-point term (+ bias) in fp32, one rounding to Y's dtype ---
         for (int64_t mm = 0; mm < M; ++mm)
             for (int64_t r = 0; r < rows; ++r) {
-                float out = acc[mm * IQ4_NR + r] + iq4_dot(co_rows[r], xsum + mm * G, G);
-{%- if B is not none %}
-                out += static_cast<float>(B[n0 + r]);
-{%- endif %}
+                const float out = {{ epilogue("(acc[mm * IQ4_NR + r] + iq4_dot(co_rows[r], xsum + mm * G, G))", none, "B[n0 + r]" if B is not none else none) }};
                 Y[mm * N + n0 + r] = static_cast<{{kernel.dtype(Y)}}>(out);
             }
     }

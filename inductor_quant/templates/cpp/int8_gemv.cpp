@@ -149,10 +149,7 @@ extern "C" {{export_declaration}}
         // --- epilogue: * scale (+ bias) in fp32, one rounding to Y's dtype ---
         for (int64_t mm = 0; mm < M; ++mm)
             for (int64_t r = 0; r < rows; ++r) {
-                float out = acc[mm * IQ_NR + r] * static_cast<float>(S[n0 + r]);
-{%- if B is not none %}
-                out += static_cast<float>(B[n0 + r]);
-{%- endif %}
+                const float out = {{ epilogue("acc[mm * IQ_NR + r]", "S[n0 + r]", "B[n0 + r]" if B is not none else none) }};
                 Y[mm * N + n0 + r] = static_cast<{{kernel.dtype(Y)}}>(out);
             }
     }

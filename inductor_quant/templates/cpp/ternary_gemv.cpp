@@ -121,14 +121,7 @@ extern "C" {{export_declaration}}
         for (int64_t mm = 0; mm < M; ++mm)
             for (int64_t r = 0; r < rows; ++r) {
                 const float dot = static_cast<float>(acc[mm * IQT_NR + r] - xsum[mm]);
-{%- if per_tensor_scale %}
-                float out = dot * static_cast<float>(XS[mm]) * static_cast<float>(WS[0]);
-{%- else %}
-                float out = dot * static_cast<float>(XS[mm]) * static_cast<float>(WS[n0 + r]);
-{%- endif %}
-{%- if B is not none %}
-                out += static_cast<float>(B[n0 + r]);
-{%- endif %}
+                const float out = {{ epilogue("dot * static_cast<float>(XS[mm])", "WS[0]" if per_tensor_scale else "WS[n0 + r]", "B[n0 + r]" if B is not none else none) }};
                 Y[mm * N + n0 + r] = static_cast<{{kernel.dtype(Y)}}>(out);
             }
     }

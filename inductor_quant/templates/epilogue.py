@@ -1,0 +1,46 @@
+"""The epilogues of the package's templates, written once (stage 6 of the pipeline): the CPP GEMV templates and
+the Triton templates both apply them, each through its own ``ops`` (Inductor's ``V.ops`` for Triton, C++
+expression strings for the CPP kernels)."""
+
+from __future__ import annotations
+
+
+def scale_bias(ops, acc, scale=None, bias=None):
+    """``acc * scale + bias`` in fp32: ``acc`` is the fp32 dot product of the activations with the integer weight,
+    ``scale`` the weight's per-output-channel scale (``None`` where the kernel already applied per-group scales),
+    ``bias`` the layer's bias. The caller rounds the result once to the output dtype."""
+    out = acc if scale is None else ops.mul(acc, scale)
+    return out if bias is None else ops.add(out, bias)
+
+
+class CppExpr:
+    """``ops`` for the CPP templates: builds the C++ expression of an epilogue over fp32 scalars."""
+
+    @staticmethod
+    def mul(a: str, b: str) -> str:
+        return f"{a} * {b}"
+
+    @staticmethod
+    def add(a: str, b: str) -> str:
+        return f"{a} + {b}"
+
+
+def cpp_scale_bias(acc: str, scale: str | None = None, bias: str | None = None) -> str:
+    """The C++ expression of ``scale_bias`` for a CPP template (operands are C++ expressions, cast to float)."""
+    as_float = "static_cast<float>({})".format
+    return scale_bias(
+        CppExpr, acc, None if scale is None else as_float(scale), None if bias is None else as_float(bias)
+    )
+
+
+def triton_scale_bias(has_scale: bool, has_bias: bool):
+    """The ``epilogue_fn`` of a Triton template whose suffix inputs are (scale, bias) as present: Inductor loads
+    each at the output index (in fp32) and passes them after the accumulator."""
+    from torch._inductor.virtualized import V
+
+    def epilogue(acc, *suffix):
+        scale = suffix[0] if has_scale else None
+        bias = suffix[-1] if has_bias else None
+        return scale_bias(V.ops, acc, scale, bias)
+
+    return epilogue

@@ -1,0 +1,1 @@
+"""Triton templates of the package's quantized matmuls (stage 6 of the pipeline), offered on CUDA devices."""

@@ -1,0 +1,127 @@
+"""Level B: torch.compile(model, backend="quant_inductor") with Inductor emitting the package's Triton templates
+for CPU tensors and running them in Triton's interpreter: the rewrite, the lowering's Triton choices, template
+rendering, autotuning, epilogue fusion (bias, activations) and numerics.
+
+Runs in its own process with ``interpreter_shim`` installed (``test_triton_templates.py`` starts it). References:
+``primitives.int8_linear_reference`` / ``int4_linear_reference`` (fp32) with the conftest's ``TOLERANCES``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import compile_and_run, verify
+from interpreter_shim import inductor_config
+from torch import nn
+from torch._dynamo.utils import counters
+from torch._inductor import config
+from torch.testing import FileCheck
+
+import inductor_quant as iq
+from inductor_quant import primitives as P
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+K = 96
+
+
+@pytest.fixture(autouse=True)
+def _triton_on_cpu():
+    with config.patch(inductor_config()):
+        yield
+
+
+def _chosen(scheme: str) -> list[str]:
+    prefix = f"{scheme}_kernel_"
+    return [k.removeprefix(prefix) for k in counters["inductor_quant"] if k.startswith(prefix)]
+
+
+def _int8_model(dtype, activation):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(K, 40), activation).to(dtype)
+    return iq.quantize_(model, iq.Int8WeightOnlyConfig())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m", (5, 37), ids=("decode", "prefill"))
+def test_int8_template_with_bias_and_relu_fused(m, dtype, monkeypatch):
+    monkeypatch.setenv("INDUCTOR_QUANT_INT8_KERNEL", "triton")
+    model = _int8_model(dtype, nn.ReLU())
+    x = torch.randn(m, K, generator=torch.Generator().manual_seed(1)).to(dtype)
+    out, code = compile_and_run(model, x)
+
+    w = model[0].weight
+    verify(out, torch.relu(P.int8_linear_reference(x, w.qdata, w.scale, model[0].bias)))
+    # one template kernel: the int8 dot, with the scale, bias and ReLU as its epilogue
+    FileCheck().check("def triton_tem_fused_int8_weight_linear_relu").check("tl.dot(").check("tl.store").run(
+        code
+    )
+    assert "extern_kernels.inductor_quant_int8" not in code
+    assert code.count("async_compile.triton(") == 1
+    (chosen,) = _chosen("int8")
+    assert chosen.startswith("triton_16x" if m <= 16 else "triton_")
+    assert not chosen.startswith("triton_16x") or m <= 16  # prefill takes the prefill configs
+
+
+def test_int8_autotune_offers_triton_next_to_aten_and_logs_it(caplog):
+    """Unforced: aten, dequant_mm and every Triton config are offered and timed; the log names them."""
+    model = _int8_model(torch.float16, nn.Identity())
+    x = torch.randn(3, K, dtype=torch.float16)
+    with caplog.at_level(logging.DEBUG, logger="inductor_quant"):
+        out, _ = compile_and_run(model, x)
+    w = model[0].weight
+    verify(out, P.int8_linear_reference(x, w.qdata, w.scale, model[0].bias))
+    log = caplog.text
+    assert "offered ['aten', 'dequant_mm', 'triton_16x64x128_w4_s4'" in log
+    timings = next(line for line in log.splitlines() if "autotune inductor_quant_int8_weight_linear" in line)
+    assert "triton_16x64x128_w4_s4" in timings and "dequant_mm" in timings
+    assert counters["inductor_quant"]["int8_lowered"] == 1
+
+
+class HandWrittenInt8(nn.Module):
+    """gpt-fast's line: ``torch._weight_int8pack_mm(x, w, scale)``, then a residual add."""
+
+    def __init__(self, q, s):
+        super().__init__()
+        self.register_buffer("q", q)
+        self.register_buffer("s", s)
+
+    def forward(self, x):
+        return torch._weight_int8pack_mm(x, self.q, self.s) + x[:, : self.q.shape[0]]
+
+
+def test_weight_int8pack_mm_is_served_by_the_template(monkeypatch):
+    monkeypatch.setenv("INDUCTOR_QUANT_INT8_KERNEL", "triton")
+    q, s = P.quantize_int8_per_channel(torch.randn(48, K))
+    x = torch.randn(4, K, dtype=torch.bfloat16)
+    model = HandWrittenInt8(q, s.to(torch.bfloat16))
+    out, code = compile_and_run(model, x)
+    verify(out, P.int8_linear_reference(x, q, s.to(torch.bfloat16)) + x[:, :48])
+    assert counters["inductor_quant"]["int8_rewrite"] == 1
+    FileCheck().check("def triton_tem_fused").check("tl.dot(").run(code)
+    assert "_weight_int8pack_mm" not in code
+
+
+@pytest.mark.parametrize(
+    ("group_size", "dtype"),
+    [(32, torch.bfloat16), (64, torch.float16), (128, torch.float32), (256, torch.bfloat16)],
+    ids=str,
+)
+def test_int4_template_with_bias_and_silu_fused(group_size, dtype, monkeypatch):
+    monkeypatch.setenv("INDUCTOR_QUANT_INT4_KERNEL", "triton")
+    torch.manual_seed(0)
+    k = 2 * max(group_size, 128)
+    model = nn.Sequential(nn.Linear(k, 40), nn.SiLU()).to(dtype)
+    iq.quantize_(model, iq.Int4WeightOnlyConfig(group_size=group_size))
+    x = torch.randn(3, k, generator=torch.Generator().manual_seed(2)).to(dtype)
+    out, code = compile_and_run(model, x)
+
+    w = model[0].weight
+    ref = P.int4_linear_reference(x, w.qdata, w.scale, w.zero_point, group_size, model[0].bias, torch.float32)
+    verify(out, F.silu(ref).to(dtype))
+    FileCheck().check("def triton_tem_fused_int4_weight_linear").check("tl.dot(").check("tl.store").run(code)
+    assert code.count("async_compile.triton(") == 1
+    (chosen,) = _chosen("int4")
+    assert chosen.startswith("triton_16x")
