@@ -30,6 +30,11 @@ def verify(actual: torch.Tensor, expected: torch.Tensor, precision: torch.dtype 
     torch.testing.assert_close(actual.float(), expected.float(), **TOLERANCES[precision or actual.dtype])
 
 
+def pytest_configure(config):
+    # (registered here rather than in pyproject.toml, whose hash keys the cached CI environment)
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (Triton level E); skipped without one")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_compile_state():
     """Every test compiles from scratch: no Dynamo cache, no FX-graph cache hit, no remembered tuning."""
