@@ -108,7 +108,8 @@ def is_static_decode(mat1, max_m: int) -> bool:
 
 
 def gemv_applies(mat1, weight, max_m: int, k_step: int) -> bool:
-    """A GEMV template needs a CPU device with the C++ backend, static shapes, M <= ``max_m`` and K a multiple of its ``k_step``."""
+    """A GEMV template needs a CPU device with the C++ backend, static shapes, M <= ``max_m`` and K a multiple
+    of its ``k_step``."""
     if not cpp_templates_apply(mat1.get_device()):
         return False
     if not _static(*mat1.get_size(), *weight.get_size()):

@@ -1,6 +1,6 @@
 """Lowering of ``inductor_quant::int4_weight_linear`` and its prepacked variant: offer the kernels, autotune, pick.
 
-Decode (static M <= ``MAX_M``, CPU, K % 64 == 0): autotuned among
+CPU (Inductor's C++ backend), decode (static M <= ``MAX_M``, K % 64 == 0): autotuned among
   * ``dequant_mm``: the op's eager implementation (below);
   * ``int4_gemv``: the CPP template of ``templates/cpp/int4_gemv.cpp`` on the plain ``[N, K / 2]`` nibbles, with
     the scale, zero-point and bias epilogue fused (frozen weights of decode graphs are prepacked before this and
@@ -9,6 +9,9 @@ Decode (static M <= ``MAX_M``, CPU, K % 64 == 0): autotuned among
 Prefill (M > ``MAX_M``, or M dynamic) and shapes the template does not take: ``dequant_mm``
   (``ops.int4_dequant_mm``): rows of W widened to the activation dtype by a native kernel one chunk at a time, each
   chunk multiplied by the dense GEMM while it is hot in cache. The float weight is never whole, never stored.
+GPU (wherever Inductor takes Triton templates), any M: ``dequant_mm`` and the Triton template of
+  ``templates/triton/int4_mm.py.jinja`` (group scales and zero points in its K loop, bias in its epilogue) in its
+  decode or prefill block configs, K steps cut to the group.
 aten's ``_weight_int4pack_mm_for_cpu`` is not offered for this op: it needs its own packing of the weight
 (N % 16 == 0, a different nibble order), which a graph-input weight would pay for on every call.
 """
