@@ -56,6 +56,10 @@ def test_level_b_inductor_path_in_interpreter():
     run_isolated("interp_inductor.py", "interpreter_shim")
 
 
+def test_levels_c_and_d_cuda_source_snapshots_and_cubin():
+    run_isolated("cuda_codegen_snapshots.py", "cuda_codegen")
+
+
 # --- Level E: needs a CUDA GPU (none is available to the project: these skip here) ---------------------------------
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (level E)")
