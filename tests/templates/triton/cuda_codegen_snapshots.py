@@ -83,7 +83,9 @@ class TestCudaSnapshots(expecttest.TestCase):
     def test_int8_decode_bias_relu_bf16(self):
         code = code_of("int8_decode")
         assert _code["int8_decode:chosen"] == ["int8_kernel_triton_16x64x128_w4_s4"]
-        self.assertExpectedInline(stable_parts(code), """\
+        self.assertExpectedInline(
+            stable_parts(code),
+            """\
 def triton_tem_fused_int8_weight_linear_relu_0(arg_A, arg_W, in_ptr2, in_ptr3, out_ptr1):
     BLOCK_M : tl.constexpr = 16
     BLOCK_N : tl.constexpr = 64
@@ -154,12 +156,15 @@ def triton_tem_fused_int8_weight_linear_relu_0(arg_A, arg_W, in_ptr2, in_ptr3, o
     tmp7 = tl.maximum(tmp6, tmp5, tl.PropagateNan.ALL)
     tl.store(out_ptr1 + (tl.broadcast_to(xindex, [BLOCK_M, BLOCK_N])), tmp7, mask)
 # launch:
-triton_tem_fused_int8_weight_linear_relu_0.run(arg0_1, arg1_1, arg2_1, arg3_1, buf1, 1, 1, 1, stream=raw_stream0)""")
+triton_tem_fused_int8_weight_linear_relu_0.run(arg0_1, arg1_1, arg2_1, arg3_1, buf1, 1, 1, 1, stream=raw_stream0)""",
+        )
 
     def test_int8_prefill_bias_relu_fp16(self):
         code = code_of("int8_prefill")
         assert _code["int8_prefill:chosen"] == ["int8_kernel_triton_64x64x64_w4_s3"]
-        self.assertExpectedInline(stable_parts(code), """\
+        self.assertExpectedInline(
+            stable_parts(code),
+            """\
 def triton_tem_fused_int8_weight_linear_relu_0(arg_A, arg_W, in_ptr2, in_ptr3, out_ptr1):
     BLOCK_M : tl.constexpr = 64
     BLOCK_N : tl.constexpr = 64
@@ -229,12 +234,15 @@ def triton_tem_fused_int8_weight_linear_relu_0(arg_A, arg_W, in_ptr2, in_ptr3, o
     tmp7 = tl.maximum(tmp6, tmp5, tl.PropagateNan.ALL)
     tl.store(out_ptr1 + (tl.broadcast_to(xindex, [BLOCK_M, BLOCK_N])), tmp7, mask)
 # launch:
-triton_tem_fused_int8_weight_linear_relu_0.run(arg0_1, arg1_1, arg2_1, arg3_1, buf1, 5, 1, 1, stream=raw_stream0)""")
+triton_tem_fused_int8_weight_linear_relu_0.run(arg0_1, arg1_1, arg2_1, arg3_1, buf1, 5, 1, 1, stream=raw_stream0)""",
+        )
 
     def test_int4_decode_silu_bf16(self):
         code = code_of("int4_decode")
         assert _code["int4_decode:chosen"] == ["int4_kernel_triton_16x64x32_w4_s4"]
-        self.assertExpectedInline(stable_parts(code), """\
+        self.assertExpectedInline(
+            stable_parts(code),
+            """\
 def triton_tem_fused_int4_weight_linear_silu_0(arg_A, arg_Q, arg_S, arg_Z, out_ptr1):
     BLOCK_M : tl.constexpr = 16
     BLOCK_N : tl.constexpr = 64
@@ -320,7 +328,8 @@ def triton_tem_fused_int4_weight_linear_silu_0(arg_A, arg_Q, arg_S, arg_Z, out_p
     tmp8 = tmp7.to(tl.float32)
     tl.store(out_ptr1 + (tl.broadcast_to(xindex, [BLOCK_M, BLOCK_N])), tmp8, mask)
 # launch:
-triton_tem_fused_int4_weight_linear_silu_0.run(arg0_1, arg1_1, arg2_1, arg3_1, buf1, 1, 1, 1, stream=raw_stream0)""")
+triton_tem_fused_int4_weight_linear_silu_0.run(arg0_1, arg1_1, arg2_1, arg3_1, buf1, 1, 1, 1, stream=raw_stream0)""",
+        )
 
 
 @pytest.mark.parametrize("cc", (80, 90))
