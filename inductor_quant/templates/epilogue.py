@@ -26,7 +26,8 @@ class CppExpr:
 
 
 def cpp_scale_bias(acc: str, scale: str | None = None, bias: str | None = None) -> str:
-    """The C++ expression of ``scale_bias`` for a CPP template (operands are C++ expressions, cast to float)."""
+    """The C++ expression of ``scale_bias`` for a CPP template. Operands are C++ expressions, each cast to float;
+    a compound ``acc`` must come parenthesized (the expression is built by plain concatenation)."""
     as_float = "static_cast<float>({})".format
     return scale_bias(
         CppExpr, acc, None if scale is None else as_float(scale), None if bias is None else as_float(bias)

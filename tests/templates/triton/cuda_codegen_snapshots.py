@@ -332,6 +332,25 @@ triton_tem_fused_int4_weight_linear_silu_0.run(arg0_1, arg1_1, arg2_1, arg3_1, b
         )
 
 
+def test_weight_int8pack_mm_on_cuda_is_rewritten_to_the_template():
+    """Hand-written ``torch._weight_int8pack_mm`` on cuda: the package's rewrite pass (as quant_inductor installs
+    it) makes it the package's op, whose lowering serves it with the Triton template, the add fused."""
+    from inductor_quant.passes import rewrite_pass
+
+    args = ((4, 96), torch.bfloat16), ((48, 96), torch.int8), ((48,), torch.bfloat16)
+    counters.clear()
+    code = cuda_code(
+        lambda x, w, s: torch._weight_int8pack_mm(x, w, s) + 1.0,
+        *(fake_cuda(*a) for a in args),
+        options={"joint_custom_post_pass": rewrite_pass()},
+    )
+    assert counters["inductor_quant"]["int8_rewrite_weight_int8pack_mm"] == 1
+    assert counters["inductor_quant"]["int8_kernel_triton_16x64x128_w4_s4"] == 1
+    ((name, source),) = triton_kernels(code).items()
+    assert name.startswith("triton_tem_fused") and "tl.dot(" in source and "'arg_W': '*i8'" in source
+    assert "_weight_int8pack_mm" not in "\n".join(code)
+
+
 @pytest.mark.parametrize("cc", (80, 90))
 @pytest.mark.parametrize("case", list(CASES))
 def test_kernels_compile_to_cubin(case, cc):
