@@ -125,3 +125,19 @@ def test_int4_template_with_bias_and_silu_fused(group_size, dtype, monkeypatch):
     assert code.count("async_compile.triton(") == 1
     (chosen,) = _chosen("int4")
     assert chosen.startswith("triton_16x")
+
+
+def test_int8_template_with_dynamic_m_and_gelu(monkeypatch):
+    """Dynamic M: one compile (prefill configs, M a kernel argument) serves every row count; GELU (libdevice erf)
+    fuses into the template's epilogue."""
+    monkeypatch.setenv("INDUCTOR_QUANT_INT8_KERNEL", "triton")
+    model = _int8_model(torch.float32, nn.GELU())
+    compiled = torch.compile(model, backend="quant_inductor", dynamic=True)
+    w = model[0].weight
+    with torch.no_grad():
+        for rows in (3, 21, 50):
+            x = torch.randn(rows, K, generator=torch.Generator().manual_seed(rows))
+            verify(compiled(x), F.gelu(P.int8_linear_reference(x, w.qdata, w.scale, model[0].bias)))
+    assert counters["inductor_quant"]["int8_lowered"] == 1
+    (chosen,) = _chosen("int8")
+    assert not chosen.startswith("triton_16x")  # a symbolic M takes the prefill configs
