@@ -88,3 +88,17 @@ def test_int4_mm_extreme_nibbles():
         "int4_mm.py.jinja", inputs, (2, n), torch.float16, _config(2, group_size), GROUP_SIZE=group_size
     )
     verify(out, P.int4_linear_reference(x, qdata, scale, zero, group_size))
+
+
+@pytest.mark.parametrize(
+    ("m", "n", "k", "group_size"), [(1, 1, 32, 32), (2, 5, 64, 64), (17, 3, 256, 256), (4, 130, 128, 32)]
+)
+def test_int4_mm_tiny_and_single_group_shapes(m, n, k, group_size):
+    """One group, one column, N past a block, K a single step: all masks and wraps on the edges."""
+    g = torch.Generator().manual_seed(k + n)
+    x = torch.randn(m, k, generator=g).to(torch.float16)
+    qdata, scale, zero = P.quantize_int4_groupwise(torch.randn(n, k, generator=g), group_size)
+    inputs = {"A": x, "Q": qdata, "S": scale, "Z": zero}
+    config = _config(m, group_size)
+    out = run("int4_mm.py.jinja", inputs, (m, n), torch.float16, config, GROUP_SIZE=group_size)
+    verify(out, P.int4_linear_reference(x, qdata, scale, zero, group_size))
