@@ -4,7 +4,7 @@ INDUCTOR_QUANT_INT8_KERNEL: offer only this int8 choice (``aten``, ``dequant_mm`
     Triton config by name, or ``triton`` for all of them) instead of autotuning among all the choices.
     For tests, debugging and benchmarks.
 INDUCTOR_QUANT_INT4_KERNEL: the same for int4 (``int4_gemv``, ``dequant_mm``, ``triton``).
-INDUCTOR_QUANT_TERNARY_KERNEL: the same for ternary (``ternary_gemv``, ``unpack_int_mm``).
+INDUCTOR_QUANT_TERNARY_KERNEL: the same for ternary (``ternary_gemv``, ``unpack_int_mm``, ``triton``).
 """
 
 from __future__ import annotations

@@ -71,8 +71,14 @@ def configs_for(m, *, group_size: int | None = None) -> tuple[BlockConfig, ...]:
 
 def as_output_rows(vector, m, n):
     """A per-output-channel ``[N]`` vector seen as ``[M, N]`` (stride 0 along M): the form in which a suffix input
-    is loaded at the output index by the template's epilogue."""
-    return _I.realize_inputs(_I.lowering.expand(vector, [m, n]))
+    is loaded at the output index by the template's epilogue. A single-element vector (a per-tensor scale) becomes
+    a stride-(0, 0) view of its element (``expand`` would copy it to a whole [M, N] buffer)."""
+    if list(vector.get_size()) != [1]:
+        return _I.realize_inputs(_I.lowering.expand(vector, [m, n]))
+    ir = _I.ir
+    storage, layout = ir.as_storage_and_layout(_I.realize_inputs(vector), freeze=True)
+    rows = ir.FixedLayout(layout.device, layout.dtype, [m, n], [0, 0], layout.offset)
+    return ir.ReinterpretView(data=storage, layout=rows)
 
 
 def add_choices(

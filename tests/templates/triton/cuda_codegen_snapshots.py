@@ -57,7 +57,21 @@ def int4_decode():
     return cuda_code(int4_silu, *(fake_cuda(*a) for a in args))
 
 
-CASES = {"int8_decode": int8_decode, "int8_prefill": int8_prefill, "int4_decode": int4_decode}
+def ternary_relu(x, xs, q, ws, b):
+    return torch.relu(ops.ternary_mm(x, xs, q, ws, b, torch.bfloat16))
+
+
+def ternary_decode():
+    args = ((3, 300), torch.int8), ((3,), torch.float32), ((40, 128), torch.uint8), ((1,), torch.float32)
+    return cuda_code(ternary_relu, *(fake_cuda(*a) for a in args), fake_cuda((40,), torch.bfloat16))
+
+
+CASES = {
+    "int8_decode": int8_decode,
+    "int8_prefill": int8_prefill,
+    "int4_decode": int4_decode,
+    "ternary_decode": ternary_decode,
+}
 _code: dict[str, list[str]] = {}
 
 
@@ -329,6 +343,92 @@ def triton_tem_fused_int4_weight_linear_silu_0(arg_A, arg_Q, arg_S, arg_Z, out_p
     tl.store(out_ptr1 + (tl.broadcast_to(xindex, [BLOCK_M, BLOCK_N])), tmp8, mask)
 # launch:
 triton_tem_fused_int4_weight_linear_silu_0.run(arg0_1, arg1_1, arg2_1, arg3_1, buf1, 1, 1, 1, stream=raw_stream0)""",
+        )
+
+
+class TestCudaSnapshotsTernary(expecttest.TestCase):
+    def test_ternary_decode_bias_relu(self):
+        code = code_of("ternary_decode")
+        assert _code["ternary_decode:chosen"] == ["ternary_kernel_triton_16x64x256_w4_s4"]
+        self.assertExpectedInline(
+            stable_parts(code),
+            """\
+def triton_tem_fused_relu_ternary_mm_0(arg_A, arg_XS, arg_Q, in_ptr3, in_ptr4, out_ptr1):
+    BLOCK_M : tl.constexpr = 16
+    BLOCK_N : tl.constexpr = 64
+    BLOCK_K : tl.constexpr = 256
+    GROUP_M : tl.constexpr = 8
+    ALLOW_TF32 : tl.constexpr = False
+    INDEX_DTYPE : tl.constexpr = tl.int32
+    A = arg_A
+    XS = arg_XS
+    Q = arg_Q
+
+    M = 3
+    N = 40
+    K = 300
+    if M * N == 0:
+        # nothing to compute for an empty input
+        return
+    stride_am = 300
+    stride_ak = 1
+    stride_qn = 128
+    stride_qk = 1
+    stride_xs = 1
+
+    # -----------------------------------------------------------
+    # Map the program id to the tile of Y it computes (as in int8_mm.py.jinja).
+    pid = tl.program_id(0).to(INDEX_DTYPE)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    group_id = pid // width
+    group_rows = min(grid_m - group_id * GROUP_M, GROUP_M)
+    pid_m = group_id * GROUP_M + (pid % group_rows)
+    pid_n = (pid % width) // group_rows
+
+    # -----------------------------------------------------------
+    # Pointers: A's first 64 columns, the first block's bytes of the tile's weight columns. Rows and columns past
+    # M / N are wrapped, computed and never stored.
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(INDEX_DTYPE)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(INDEX_DTYPE)
+    rb = tl.arange(0, 64).to(INDEX_DTYPE)  # byte of a block = column of a plane
+    a_ptrs = A + (rm % M)[:, None] * stride_am + rb[None, :] * stride_ak
+    q_ptrs = Q + (rn % N)[None, :] * stride_qn + rb[:, None] * stride_qk
+
+    # -----------------------------------------------------------
+    # The K loop, one 256-value block per step, exact int32 sums.
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for block in range(0, tl.cdiv(K, 256)):
+        q = tl.load(q_ptrs)
+        for p in tl.static_range(4):
+            k_first = block * 256 + 64 * p
+            a = tl.load(a_ptrs + k_first * stride_ak, mask=(k_first + rb)[None, :] < K, other=0)
+            t = ((q >> (2 * p)) & 3).to(tl.int8) - 1
+            acc += tl.dot(a, t, out_dtype=tl.int32)
+        q_ptrs += 64 * stride_qk
+
+    # -----------------------------------------------------------
+    # Store: the sums (exact in fp32 below 2^24: |sum| <= 127 K) times the row's activation scale; Inductor's
+    # epilogue applies the weight scale (and bias, and fused consumers) in fp32.
+    x_scale = tl.load(XS + (rm % M) * stride_xs)
+    sums = acc.to(tl.float32) * x_scale[:, None]
+    idx_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(INDEX_DTYPE))[:, None]
+    idx_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(INDEX_DTYPE))[None, :]
+    mask = (idx_m < M) & (idx_n < N)
+    xindex = idx_n + 40*idx_m
+    tmp0 = tl.load(in_ptr3 + (0))
+    tmp1 = tl.broadcast_to(tmp0, [BLOCK_M, BLOCK_N])
+    tmp2 = tl.load(in_ptr4 + (tl.broadcast_to(idx_n, [BLOCK_M, BLOCK_N])), mask, eviction_policy='evict_last').to(tl.float32)
+    tmp3 = sums * tmp1
+    tmp4 = tmp3 + tmp2
+    tmp5 = tmp4.to(tl.bfloat16)
+    tmp6 = tmp5.to(tl.float32)
+    tmp7 = tl.full([1], 0, tl.int32)
+    tmp8 = tl.maximum(tmp7, tmp6, tl.PropagateNan.ALL)
+    tl.store(out_ptr1 + (tl.broadcast_to(xindex, [BLOCK_M, BLOCK_N])), tmp8, mask)
+# launch:
+triton_tem_fused_relu_ternary_mm_0.run(arg0_1, arg1_1, arg2_1, arg3_1, arg4_1, buf1, 1, 1, 1, stream=raw_stream0)""",
         )
 
 

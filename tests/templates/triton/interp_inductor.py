@@ -141,3 +141,32 @@ def test_int8_template_with_dynamic_m_and_gelu(monkeypatch):
     assert counters["inductor_quant"]["int8_lowered"] == 1
     (chosen,) = _chosen("int8")
     assert not chosen.startswith("triton_16x")  # a symbolic M takes the prefill configs
+
+
+@pytest.mark.parametrize(
+    ("m", "dtype", "weight_granularity"),
+    [(1, torch.bfloat16, "per_tensor"), (5, torch.float32, "per_channel"), (40, torch.float16, "per_tensor")],
+    ids=str,
+)
+def test_ternary_template_for_bitlinear_with_relu_fused(m, dtype, weight_granularity, monkeypatch):
+    """A deployed BitLinear: Inductor's activation-quantization kernel in front, then the ternary template with the
+    weight scale, bias and ReLU in its epilogue; equal to the eager layer (same integer sums, same fp32 order)."""
+    from inductor_quant import BitQuantConfig
+    from inductor_quant.nn import BitLinear
+
+    monkeypatch.setenv("INDUCTOR_QUANT_TERNARY_KERNEL", "triton")
+    torch.manual_seed(0)
+    config = BitQuantConfig(weight_granularity=weight_granularity)
+    model = nn.Sequential(BitLinear(300, 37, quant_config=config), nn.ReLU()).to(dtype).eval()
+    model[0].deploy()
+    x = torch.randn(m, 300, generator=torch.Generator().manual_seed(m)).to(dtype)
+    with torch.no_grad():
+        expected = model(x)
+    out, code = compile_and_run(model, x)
+    verify(out, expected)
+    FileCheck().check("def triton_tem_fused").check("tl.dot(a, t, out_dtype=tl.int32)").check("tl.store").run(
+        code
+    )
+    assert code.count("async_compile.triton(") == 2  # activation quantization, then the template
+    (chosen,) = _chosen("ternary")
+    assert chosen.startswith("triton_16x" if m <= 16 else "triton_64x")

@@ -102,3 +102,25 @@ def test_int4_mm_tiny_and_single_group_shapes(m, n, k, group_size):
     config = _config(m, group_size)
     out = run("int4_mm.py.jinja", inputs, (m, n), torch.float16, config, GROUP_SIZE=group_size)
     verify(out, P.int4_linear_reference(x, qdata, scale, zero, group_size))
+
+
+@pytest.mark.parametrize("weight_granularity", ("per_tensor", "per_channel"))
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 37, 256), (5, 37, 300), (20, 9, 700)])
+def test_ternary_mm(m, n, k, weight_granularity):
+    """Exact int32 sums of int8 activations and ternary weights (every plane, K tails) times the row's activation
+    scale, then the weight scale and bias by the shared epilogue: the eager reference up to fp32 rounding."""
+    g = torch.Generator().manual_seed(m + k)
+    x = torch.randn(m, k, generator=g)
+    q, w_scale = P.quantize_ternary(torch.randn(n, k, generator=g), weight_granularity)
+    xq, x_scale = P.quantize_activation_int8(x, "per_token")
+    bias = torch.randn(n, generator=g)
+    out = run(
+        "ternary_mm.py.jinja",
+        {"A": xq, "XS": x_scale, "Q": P.pack_ternary(q)},
+        (m, n),
+        torch.float32,
+        common.BlockConfig(_config(m).block_m, _config(m).block_n, 256, 4, 3),
+        scale=w_scale.float(),
+        bias=bias,
+    )
+    verify(out, P.ternary_linear_reference(x, q, w_scale, bias))

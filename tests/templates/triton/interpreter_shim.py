@@ -91,6 +91,8 @@ def _numpy_libdevice(interpreter, tl):
         ceil=np.ceil,
         sin=np.sin,
         cos=np.cos,
+        nearbyint=np.rint,  # round half to even (torch.round)
+        trunc=np.trunc,
     )
     return types.SimpleNamespace(**{name: unary(fn) for name, fn in table.items()})
 

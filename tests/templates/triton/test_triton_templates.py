@@ -109,3 +109,24 @@ def test_gpu_autotune_ranks_all_choices(caplog):
         compile_and_run(model, torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16))
     timings = next(line for line in caplog.text.splitlines() if "autotune inductor_quant_int8" in line)
     assert "aten" in timings and "dequant_mm" in timings and "triton_16x" in timings
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("m", (1, 512))
+def test_gpu_bitlinear_triton_template(m, monkeypatch):
+    """A deployed BitLinear on a GPU: the ternary template equals the eager layer (exact integer sums)."""
+    from conftest import compile_and_run, verify
+
+    from inductor_quant.nn import BitLinear
+
+    monkeypatch.setenv("INDUCTOR_QUANT_TERNARY_KERNEL", "triton")
+    torch.manual_seed(0)
+    model = BitLinear(4096, 4096).to("cuda", torch.bfloat16).eval()
+    model.deploy()
+    x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        expected = model(x)
+    out, code = compile_and_run(model, x)
+    verify(out, expected)
+    assert "triton_tem_fused" in code and "tl.int32" in code
