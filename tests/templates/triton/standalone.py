@@ -35,12 +35,11 @@ class TritonExpr:
         return f"({a} + {b})"
 
 
-def render(
-    template_file: str, inputs: dict, out: torch.Tensor, *, vectors: dict, epilogue, constants: dict
-) -> str:
-    """Python source of a module defining ``kernel`` for the given tensors (shapes and strides are baked in).
-    ``vectors`` are the epilogue's inputs, name -> (tensor, "m" | "n"): a per-row or per-column vector (a single
-    element is broadcast); ``epilogue(ops, acc, *vectors)`` is the package's epilogue for this template."""
+def render(template_file: str, inputs: dict, out: torch.Tensor, *, scale, bias, constants: dict) -> str:
+    """Python source of a module defining ``kernel`` for the given tensors (shapes and strides are baked in); the
+    epilogue is the package's ``scale_bias`` over the per-column ``scale`` and ``bias`` given (each optional; a
+    single-element scale is broadcast)."""
+    vectors = {name: t for name, t in (("SCALE", scale), ("BIAS", bias)) if t is not None}
     tensors = {**inputs, "Y": out}
 
     def def_kernel(*names):
@@ -51,14 +50,15 @@ def render(
         return "\n".join(lines)
 
     def store_output(indices, val, mask, val_shape=None):
-        idx = dict(zip("mn", indices, strict=True))
-        loads = []
-        for name, (vector, axis) in vectors.items():
-            index = f"0 * {idx[axis]}" if vector.numel() == 1 else idx[axis]
-            limit = out.shape["mn".index(axis)]
-            loads.append(f"tl.load({name} + {index}, mask={idx[axis]} < {limit}, other=0).to(tl.float32)")
-        value = epilogue(TritonExpr, val, *loads)
-        target = f"Y + {idx['m']} * {out.stride(0)} + {idx['n']} * {out.stride(1)}"
+        idx_m, idx_n = indices
+        n = out.shape[1]
+        loads = {
+            name: f"tl.load({name} + {'0 * ' if t.numel() == 1 else ''}{idx_n}, mask={idx_n} < {n}, other=0)"
+            ".to(tl.float32)"
+            for name, t in vectors.items()
+        }
+        value = package_epilogue.scale_bias(TritonExpr, val, loads.get("SCALE"), loads.get("BIAS"))
+        target = f"Y + {idx_m} * {out.stride(0)} + {idx_n} * {out.stride(1)}"
         return f"tl.store({target}, ({value}).to(Y.dtype.element_ty), mask={mask})"
 
     source = (Path(common.__file__).parent / template_file).read_text()
@@ -95,20 +95,10 @@ def run(
     *,
     scale=None,
     bias=None,
-    vectors: dict | None = None,
-    epilogue=None,
     **constants,
 ):
-    """Render, load and launch the template for ``inputs``; returns the output tensor. The default epilogue is
-    ``epilogue.scale_bias`` over a per-column ``scale`` and ``bias`` (each optional)."""
+    """Render, load and launch the template for ``inputs`` (then ``scale``, ``bias``); returns the output."""
     out = torch.empty(out_shape, dtype=out_dtype)
-    if vectors is None:
-        vectors = {name: (t, "n") for name, t in (("SCALE", scale), ("BIAS", bias)) if t is not None}
-
-        def epilogue(ops, acc, *loaded):  # noqa: F811 - the default for (scale, bias) templates
-            named = dict(zip([n for n in ("SCALE", "BIAS") if n in vectors], loaded, strict=True))
-            return package_epilogue.scale_bias(ops, acc, named.get("SCALE"), named.get("BIAS"))
-
     constants = dict(
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
@@ -117,9 +107,8 @@ def run(
         ALLOW_TF32=False,
         **constants,
     )
-    source = render(template_file, inputs, out, vectors=vectors, epilogue=epilogue, constants=constants)
-    kernel = load_kernel(source)
+    kernel = load_kernel(render(template_file, inputs, out, scale=scale, bias=bias, constants=constants))
     m, n = out_shape
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n),)
-    kernel[grid](*inputs.values(), *(t for t, _ in vectors.values()), out)
+    kernel[grid](*inputs.values(), *(t for t in (scale, bias) if t is not None), out)
     return out
