@@ -170,3 +170,27 @@ def test_ternary_template_for_bitlinear_with_relu_fused(m, dtype, weight_granula
     assert code.count("async_compile.triton(") == 2  # activation quantization, then the template
     (chosen,) = _chosen("ternary")
     assert chosen.startswith("triton_16x" if m <= 16 else "triton_64x")
+
+
+@pytest.mark.parametrize(("weight_bits", "block_size"), [(8, -1), (4, 32), (4, -1)])
+def test_quantized_linear_a16_cells_reach_the_templates(weight_bits, block_size, monkeypatch):
+    """``QuantizedLinear`` W8A16 / W4A16 (the quantized_matmul op): traced to the int8 / int4 ops, then served by
+    their Triton templates, SiLU fused; equal to the eager layer within bf16 tolerance."""
+    from inductor_quant.nn import swap_quantized_linear
+
+    scheme = "int8" if weight_bits == 8 else "int4"
+    monkeypatch.setenv(f"INDUCTOR_QUANT_{scheme.upper()}_KERNEL", "triton")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 48), nn.SiLU()).to(torch.bfloat16)
+    swap_quantized_linear(model, weight_bits=weight_bits, block_size=block_size)
+    x = torch.randn(3, 128, dtype=torch.bfloat16)
+    with torch.no_grad():
+        expected = model(x)
+    out, code = compile_and_run(model, x)
+    verify(out, expected)
+    # one template kernel with the SiLU in it (a symmetric int4 cell also fills its zero point in a kernel in front)
+    assert (
+        code.count("def triton_tem_fused") == 1 and "libdevice.exp(" in code.split("def triton_tem_fused")[1]
+    )
+    (chosen,) = _chosen(scheme)
+    assert chosen.startswith("triton_16x")
