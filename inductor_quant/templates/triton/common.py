@@ -94,7 +94,8 @@ def add_choices(
     **constants,
 ) -> None:
     """One choice of ``template`` per block config, named by its config; a config the template cannot generate is
-    logged and skipped."""
+    logged and skipped. ``input_nodes`` must follow the order of the inputs given to ``select`` (views of them
+    allowed): autotuning benchmarks every choice on the same example tensors, passed by position."""
     allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     for config in configs:
         generated: list = []
