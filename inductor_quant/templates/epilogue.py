@@ -1,6 +1,6 @@
 """The epilogues of the package's templates, written once (stage 6 of the pipeline): the CPP GEMV templates and
-the Triton templates both apply them, each through its own ``ops`` (Inductor's ``V.ops`` for Triton, C++
-expression strings for the CPP kernels)."""
+the Triton templates both apply them, each through its own ``ops`` (Inductor's ``V.ops`` for Triton, expression
+strings for the CPP kernels)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ def scale_bias(ops, acc, scale=None, bias=None):
     return out if bias is None else ops.add(out, bias)
 
 
-class CppExpr:
-    """``ops`` for the CPP templates: builds the C++ expression of an epilogue over fp32 scalars."""
+class SourceExpr:
+    """``ops`` that build an epilogue's expression as source text, the same in C++ and in Python / Triton (the CPP
+    templates render it; the tests' standalone Triton kernels too)."""
 
     @staticmethod
     def mul(a: str, b: str) -> str:
@@ -30,7 +31,7 @@ def cpp_scale_bias(acc: str, scale: str | None = None, bias: str | None = None) 
     a compound ``acc`` must come parenthesized (the expression is built by plain concatenation)."""
     as_float = "static_cast<float>({})".format
     return scale_bias(
-        CppExpr, acc, None if scale is None else as_float(scale), None if bias is None else as_float(bias)
+        SourceExpr, acc, None if scale is None else as_float(scale), None if bias is None else as_float(bias)
     )
 
 

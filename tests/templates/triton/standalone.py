@@ -23,18 +23,6 @@ from inductor_quant.templates.triton import common
 _counter = itertools.count()
 
 
-class TritonExpr:
-    """``ops`` for ``epilogue.scale_bias``: Triton source expressions over fp32 tiles."""
-
-    @staticmethod
-    def mul(a: str, b: str) -> str:
-        return f"({a} * {b})"
-
-    @staticmethod
-    def add(a: str, b: str) -> str:
-        return f"({a} + {b})"
-
-
 def render(template_file: str, inputs: dict, out: torch.Tensor, *, scale, bias, constants: dict) -> str:
     """Python source of a module defining ``kernel`` for the given tensors (shapes and strides are baked in); the
     epilogue is the package's ``scale_bias`` over the per-column ``scale`` and ``bias`` given (each optional; a
@@ -57,7 +45,9 @@ def render(template_file: str, inputs: dict, out: torch.Tensor, *, scale, bias, 
             ".to(tl.float32)"
             for name, t in vectors.items()
         }
-        value = package_epilogue.scale_bias(TritonExpr, val, loads.get("SCALE"), loads.get("BIAS"))
+        value = package_epilogue.scale_bias(
+            package_epilogue.SourceExpr, val, loads.get("SCALE"), loads.get("BIAS")
+        )
         target = f"Y + {idx_m} * {out.stride(0)} + {idx_n} * {out.stride(1)}"
         return f"tl.store({target}, ({value}).to(Y.dtype.element_ty), mask={mask})"
 
