@@ -57,8 +57,6 @@ def install() -> None:
     from torch._inductor.runtime import triton_helpers
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils import _triton
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.driver import DriverBase
 
     # torch.cuda: one device, described by SM80. Inductor and Triton read is_available(), device_count(),
     # current_device() and the device record; codegen runs inside `torch.cuda.device(0)` (device exchanges);
@@ -80,38 +78,13 @@ def install() -> None:
     CudaInterface.exchange_device = staticmethod(fake_cuda_api["_exchange_device"])
     CudaInterface.maybe_exchange_device = staticmethod(fake_cuda_api["_maybe_exchange_device"])
 
-    class CodegenOnlyDriver(DriverBase):
-        """Reports the sm_80 target (Inductor hashes it and parses options with it); launches nothing (Triton's
-        own CUDA driver is inactive without a GPU and needs libcuda)."""
+    from sm80_driver import sm80_driver
 
-        def is_active(self):
-            return True
+    def no_benchmarker():
+        raise RuntimeError("codegen-only driver: nothing can be benchmarked without a GPU")
 
-        def map_python_to_cpp_type(self, ty):
-            return ty
-
-        def get_current_target(self):
-            return GPUTarget("cuda", SM80.major * 10 + SM80.minor, SM80.warp_size)
-
-        def get_active_torch_device(self):
-            return torch.device("cuda", 0)
-
-        def get_device_interface(self):
-            return torch.cuda
-
-        def get_benchmarker(self):
-            raise RuntimeError("codegen-only driver: nothing can be benchmarked without a GPU")
-
-        def get_current_device(self):
-            return 0
-
-        def set_current_device(self, device):
-            pass
-
-        def get_current_stream(self, device=None):
-            return 0
-
-    triton.runtime.driver.set_active(CodegenOnlyDriver())
+    # launches nothing: Triton's own CUDA driver is inactive without a GPU and needs libcuda
+    triton.runtime.driver.set_active(sm80_driver(torch.device("cuda", 0), torch.cuda, no_benchmarker))
     # Every generated kernel module and CachingAutotuner._precompile_config call this: it would swap in Triton's
     # CUDA driver, which needs libcuda.
     triton_helpers.set_driver_to_gpu = lambda: None

@@ -1,7 +1,7 @@
 """Levels C and D: the Triton source Inductor emits for the package's ops on ``device="cuda"`` (a fake sm_80
-device, codegen only: ``cuda_codegen.py``), as expecttest snapshots of its stable parts (the kernel from its
-``def`` line, and the launch line; not hashes or metadata), and those kernels compiled to cubin for sm_80 and
-sm_90 with the ptxas Triton ships.
+device, codegen only: ``cuda_codegen.py``), as expecttest snapshots of its stable parts (what Inductor wrote into
+the template kernel, and its launch line; not the template's own lines again, not hashes or metadata), and those
+kernels compiled to cubin for sm_80 and sm_90 with the ptxas Triton ships.
 
 Runs in its own process with ``cuda_codegen`` installed (``test_triton_templates.py`` starts it). Under the fixed
 timings of the harness every Triton config ties, so the snapshot shows the first config offered (decode:
@@ -11,6 +11,7 @@ timings of the harness every Triton config ties, so the snapshot shows the first
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import expecttest
 import pytest
@@ -20,6 +21,7 @@ from cuda_codegen import compile_kernels, cuda_code, fake_cuda, triton_kernels
 from torch._dynamo.utils import counters
 
 import inductor_quant.lowerings  # noqa: F401  (registers the lowerings)
+import inductor_quant.templates.triton
 
 ops = torch.ops.inductor_quant
 
@@ -84,13 +86,28 @@ def code_of(case: str) -> list[str]:
     return _code[case]
 
 
+TEMPLATES = Path(inductor_quant.templates.triton.__file__).parent
+
+
+def _verbatim_lines(template: Path) -> set[str]:
+    """The template's lines that Inductor copies as written (no jinja in them), stripped."""
+    return {line.strip() for line in template.read_text().splitlines() if "{" not in line and line.strip()}
+
+
 def stable_parts(code: list[str]) -> str:
-    """The template kernel from its def line, and its launch line from the wrapper."""
+    """What Inductor wrote into the template kernel: its signature, constants, sizes and strides, the epilogue and
+    the launch line. The template's own lines are not repeated; their count stands in for them (and is checked)."""
     (name, source), *others = ((n, s) for n, s in triton_kernels(code).items() if n.startswith("triton_tem_"))
     assert not others, "one template kernel expected"
-    body = source[source.index(f"def {name}(") :].rstrip()
+    body = source[source.index(f"def {name}(") :].rstrip().splitlines()
+    template = max(
+        TEMPLATES.glob("*.jinja"), key=lambda t: len(_verbatim_lines(t) & {ln.strip() for ln in body})
+    )
+    verbatim = _verbatim_lines(template)
+    written = [line for line in body if line.strip() and line.strip() not in verbatim]
     launch = [line.strip() for line in "\n".join(code).splitlines() if f"{name}.run(" in line]
-    return body + "\n# launch:\n" + "\n".join(launch)
+    copied = len(body) - len(written) - sum(1 for line in body if not line.strip())
+    return "\n".join([*written, f"# + {copied} lines of {template.name} as written", "# launch:", *launch])
 
 
 class TestCudaSnapshots(expecttest.TestCase):
@@ -110,55 +127,13 @@ def triton_tem_fused_int8_weight_linear_relu_0(arg_A, arg_W, in_ptr2, in_ptr3, o
     INDEX_DTYPE : tl.constexpr = tl.int32
     A = arg_A
     W = arg_W
-
     M = 5
     N = 40
     K = 96
-    if M * N == 0:
-        # nothing to compute for an empty input
-        return
     stride_am = 96
     stride_ak = 1
     stride_wn = 96
     stride_wk = 1
-
-    # -----------------------------------------------------------
-    # Map the program id to the tile of Y it computes, GROUP_M row tiles at a time so that neighbouring programs
-    # share the W tiles they read (decode has one row tile: the programs simply walk N).
-    pid = tl.program_id(0).to(INDEX_DTYPE)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * grid_n
-    group_id = pid // width
-    group_rows = min(grid_m - group_id * GROUP_M, GROUP_M)
-    pid_m = group_id * GROUP_M + (pid % group_rows)
-    pid_n = (pid % width) // group_rows
-
-    # -----------------------------------------------------------
-    # Pointers to the first A and W tiles. Rows and columns past M / N are wrapped (`% M`) instead of masked:
-    # they are computed and never stored.
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(INDEX_DTYPE)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(INDEX_DTYPE)
-    rk = tl.arange(0, BLOCK_K).to(INDEX_DTYPE)
-    a_ptrs = A + (rm % M)[:, None] * stride_am + rk[None, :] * stride_ak
-    w_ptrs = W + (rn % N)[None, :] * stride_wn + rk[:, None] * stride_wk
-
-    # -----------------------------------------------------------
-    # The K loop: fp32 accumulation of A @ widen(W). K tails are masked to zero on both sides.
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
-        k_left = K - k * BLOCK_K
-        a = tl.load(a_ptrs, mask=rk[None, :] < k_left, other=0.0)
-        w = tl.load(w_ptrs, mask=rk[:, None] < k_left, other=0)
-        acc += tl.dot(a, w.to(a.dtype), allow_tf32=ALLOW_TF32, out_dtype=tl.float32)
-        a_ptrs += BLOCK_K * stride_ak
-        w_ptrs += BLOCK_K * stride_wk
-
-    # -----------------------------------------------------------
-    # Store: Inductor's epilogue applies scale (and bias, and fused consumers) in fp32 and rounds once.
-    idx_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(INDEX_DTYPE))[:, None]
-    idx_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(INDEX_DTYPE))[None, :]
-    mask = (idx_m < M) & (idx_n < N)
     xindex = idx_n + 40*idx_m
     tmp0 = tl.load(in_ptr2 + (tl.broadcast_to(idx_n, [BLOCK_M, BLOCK_N])), mask, eviction_policy='evict_last').to(tl.float32)
     tmp1 = tl.load(in_ptr3 + (tl.broadcast_to(idx_n, [BLOCK_M, BLOCK_N])), mask, eviction_policy='evict_last').to(tl.float32)
@@ -169,6 +144,7 @@ def triton_tem_fused_int8_weight_linear_relu_0(arg_A, arg_W, in_ptr2, in_ptr3, o
     tmp6 = tl.full([1], 0, tl.int32)
     tmp7 = tl.maximum(tmp6, tmp5, tl.PropagateNan.ALL)
     tl.store(out_ptr1 + (tl.broadcast_to(xindex, [BLOCK_M, BLOCK_N])), tmp7, mask)
+# + 37 lines of int8_mm.py.jinja as written
 # launch:
 triton_tem_fused_int8_weight_linear_relu_0.run(arg0_1, arg1_1, arg2_1, arg3_1, buf1, 1, 1, 1, stream=raw_stream0)""",
         )
@@ -189,54 +165,13 @@ def triton_tem_fused_int8_weight_linear_relu_0(arg_A, arg_W, in_ptr2, in_ptr3, o
     INDEX_DTYPE : tl.constexpr = tl.int32
     A = arg_A
     W = arg_W
-
     M = 300
     N = 40
     K = 128
-    if M * N == 0:
-        # nothing to compute for an empty input
-        return
     stride_am = 128
     stride_ak = 1
     stride_wn = 128
     stride_wk = 1
-
-    # -----------------------------------------------------------
-    # Map the program id to the tile of Y it computes, GROUP_M row tiles at a time so that neighbouring programs
-    # share the W tiles they read (decode has one row tile: the programs simply walk N).
-    pid = tl.program_id(0).to(INDEX_DTYPE)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * grid_n
-    group_id = pid // width
-    group_rows = min(grid_m - group_id * GROUP_M, GROUP_M)
-    pid_m = group_id * GROUP_M + (pid % group_rows)
-    pid_n = (pid % width) // group_rows
-
-    # -----------------------------------------------------------
-    # Pointers to the first A and W tiles. Rows and columns past M / N are wrapped (`% M`) instead of masked:
-    # they are computed and never stored.
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(INDEX_DTYPE)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(INDEX_DTYPE)
-    rk = tl.arange(0, BLOCK_K).to(INDEX_DTYPE)
-    a_ptrs = A + (rm % M)[:, None] * stride_am + rk[None, :] * stride_ak
-    w_ptrs = W + (rn % N)[None, :] * stride_wn + rk[:, None] * stride_wk
-
-    # -----------------------------------------------------------
-    # The K loop: fp32 accumulation of A @ widen(W). K tails are masked to zero on both sides.
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
-        a = tl.load(a_ptrs)
-        w = tl.load(w_ptrs)
-        acc += tl.dot(a, w.to(a.dtype), allow_tf32=ALLOW_TF32, out_dtype=tl.float32)
-        a_ptrs += BLOCK_K * stride_ak
-        w_ptrs += BLOCK_K * stride_wk
-
-    # -----------------------------------------------------------
-    # Store: Inductor's epilogue applies scale (and bias, and fused consumers) in fp32 and rounds once.
-    idx_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(INDEX_DTYPE))[:, None]
-    idx_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(INDEX_DTYPE))[None, :]
-    mask = (idx_m < M) & (idx_n < N)
     xindex = idx_n + 40*idx_m
     tmp0 = tl.load(in_ptr2 + (tl.broadcast_to(idx_n, [BLOCK_M, BLOCK_N])), mask, eviction_policy='evict_last')
     tmp1 = tl.load(in_ptr3 + (tl.broadcast_to(idx_n, [BLOCK_M, BLOCK_N])), mask, eviction_policy='evict_last').to(tl.float32)
@@ -247,6 +182,7 @@ def triton_tem_fused_int8_weight_linear_relu_0(arg_A, arg_W, in_ptr2, in_ptr3, o
     tmp6 = tl.full([1], 0, tl.int32)
     tmp7 = tl.maximum(tmp6, tmp5, tl.PropagateNan.ALL)
     tl.store(out_ptr1 + (tl.broadcast_to(xindex, [BLOCK_M, BLOCK_N])), tmp7, mask)
+# + 36 lines of int8_mm.py.jinja as written
 # launch:
 triton_tem_fused_int8_weight_linear_relu_0.run(arg0_1, arg1_1, arg2_1, arg3_1, buf1, 5, 1, 1, stream=raw_stream0)""",
         )
@@ -269,13 +205,9 @@ def triton_tem_fused_int4_weight_linear_silu_0(arg_A, arg_Q, arg_S, arg_Z, out_p
     Q = arg_Q
     S = arg_S
     Z = arg_Z
-
     M = 3
     N = 40
     K = 128
-    if M * N == 0:
-        # nothing to compute for an empty input
-        return
     stride_am = 128
     stride_ak = 1
     stride_qn = 64
@@ -284,52 +216,6 @@ def triton_tem_fused_int4_weight_linear_silu_0(arg_A, arg_Q, arg_S, arg_Z, out_p
     stride_sg = 1
     stride_zn = 4
     stride_zg = 1
-
-    # -----------------------------------------------------------
-    # Map the program id to the tile of Y it computes (as in int8_mm.py.jinja).
-    pid = tl.program_id(0).to(INDEX_DTYPE)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * grid_n
-    group_id = pid // width
-    group_rows = min(grid_m - group_id * GROUP_M, GROUP_M)
-    pid_m = group_id * GROUP_M + (pid % group_rows)
-    pid_n = (pid % width) // group_rows
-
-    # -----------------------------------------------------------
-    # Pointers: A's even and odd columns of the first K step, the step's bytes of Q, and the per-column scale and
-    # zero point rows. Rows and columns past M / N are wrapped, computed and never stored.
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(INDEX_DTYPE)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(INDEX_DTYPE)
-    rb = tl.arange(0, BLOCK_K // 2).to(INDEX_DTYPE)  # byte index within the K step
-    a_even_ptrs = A + (rm % M)[:, None] * stride_am + (2 * rb)[None, :] * stride_ak
-    q_ptrs = Q + (rn % N)[None, :] * stride_qn + rb[:, None] * stride_qk
-    s_ptrs = S + (rn % N) * stride_sn
-    z_ptrs = Z + (rn % N) * stride_zn
-
-    # -----------------------------------------------------------
-    # The K loop (K is a multiple of GROUP_SIZE, hence of BLOCK_K: no masks).
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, K // BLOCK_K):
-        group = (k * BLOCK_K) // GROUP_SIZE
-        scale = tl.load(s_ptrs + group * stride_sg).to(tl.float32)
-        zero = tl.load(z_ptrs + group * stride_zg).to(tl.int16)
-        q = tl.load(q_ptrs)
-        a_even = tl.load(a_even_ptrs)
-        a_odd = tl.load(a_even_ptrs + stride_ak)
-        w_low = ((q & 0xF).to(tl.int16) - zero[None, :]).to(a_even.dtype)
-        w_high = ((q >> 4).to(tl.int16) - zero[None, :]).to(a_even.dtype)
-        part = tl.dot(a_even, w_low, allow_tf32=ALLOW_TF32, out_dtype=tl.float32)
-        part = tl.dot(a_odd, w_high, part, allow_tf32=ALLOW_TF32, out_dtype=tl.float32)
-        acc += part * scale[None, :]
-        a_even_ptrs += BLOCK_K * stride_ak
-        q_ptrs += (BLOCK_K // 2) * stride_qk
-
-    # -----------------------------------------------------------
-    # Store: Inductor's epilogue adds the bias (and fused consumers) in fp32 and rounds once.
-    idx_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(INDEX_DTYPE))[:, None]
-    idx_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(INDEX_DTYPE))[None, :]
-    mask = (idx_m < M) & (idx_n < N)
     xindex = idx_n + 40*idx_m
     tmp0 = acc.to(tl.bfloat16)
     tmp1 = tmp0.to(tl.float32)
@@ -341,6 +227,7 @@ def triton_tem_fused_int4_weight_linear_silu_0(arg_A, arg_Q, arg_S, arg_Z, out_p
     tmp7 = (tmp2 / tmp6)
     tmp8 = tmp7.to(tl.float32)
     tl.store(out_ptr1 + (tl.broadcast_to(xindex, [BLOCK_M, BLOCK_N])), tmp8, mask)
+# + 45 lines of int4_mm.py.jinja as written
 # launch:
 triton_tem_fused_int4_weight_linear_silu_0.run(arg0_1, arg1_1, arg2_1, arg3_1, buf1, 1, 1, 1, stream=raw_stream0)""",
         )
@@ -363,59 +250,14 @@ def triton_tem_fused_relu_ternary_mm_0(arg_A, arg_XS, arg_Q, in_ptr3, in_ptr4, o
     A = arg_A
     XS = arg_XS
     Q = arg_Q
-
     M = 3
     N = 40
     K = 300
-    if M * N == 0:
-        # nothing to compute for an empty input
-        return
     stride_am = 300
     stride_ak = 1
     stride_qn = 128
     stride_qk = 1
     stride_xs = 1
-
-    # -----------------------------------------------------------
-    # Map the program id to the tile of Y it computes (as in int8_mm.py.jinja).
-    pid = tl.program_id(0).to(INDEX_DTYPE)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * grid_n
-    group_id = pid // width
-    group_rows = min(grid_m - group_id * GROUP_M, GROUP_M)
-    pid_m = group_id * GROUP_M + (pid % group_rows)
-    pid_n = (pid % width) // group_rows
-
-    # -----------------------------------------------------------
-    # Pointers: A's first 64 columns, the first block's bytes of the tile's weight columns. Rows and columns past
-    # M / N are wrapped, computed and never stored.
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(INDEX_DTYPE)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(INDEX_DTYPE)
-    rb = tl.arange(0, 64).to(INDEX_DTYPE)  # byte of a block = column of a plane
-    a_ptrs = A + (rm % M)[:, None] * stride_am + rb[None, :] * stride_ak
-    q_ptrs = Q + (rn % N)[None, :] * stride_qn + rb[:, None] * stride_qk
-
-    # -----------------------------------------------------------
-    # The K loop, one 256-value block per step, exact int32 sums.
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for block in range(0, tl.cdiv(K, 256)):
-        q = tl.load(q_ptrs)
-        for p in tl.static_range(4):
-            k_first = block * 256 + 64 * p
-            a = tl.load(a_ptrs + k_first * stride_ak, mask=(k_first + rb)[None, :] < K, other=0)
-            t = ((q >> (2 * p)) & 3).to(tl.int8) - 1
-            acc += tl.dot(a, t, out_dtype=tl.int32)
-        q_ptrs += 64 * stride_qk
-
-    # -----------------------------------------------------------
-    # Store: the sums (exact in fp32 below 2^24: |sum| <= 127 K) times the row's activation scale; Inductor's
-    # epilogue applies the weight scale (and bias, and fused consumers) in fp32.
-    x_scale = tl.load(XS + (rm % M) * stride_xs)
-    sums = acc.to(tl.float32) * x_scale[:, None]
-    idx_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(INDEX_DTYPE))[:, None]
-    idx_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(INDEX_DTYPE))[None, :]
-    mask = (idx_m < M) & (idx_n < N)
     xindex = idx_n + 40*idx_m
     tmp0 = tl.load(in_ptr3 + (0))
     tmp1 = tl.broadcast_to(tmp0, [BLOCK_M, BLOCK_N])
@@ -427,6 +269,7 @@ def triton_tem_fused_relu_ternary_mm_0(arg_A, arg_XS, arg_Q, in_ptr3, in_ptr4, o
     tmp7 = tl.full([1], 0, tl.int32)
     tmp8 = tl.maximum(tmp7, tmp6, tl.PropagateNan.ALL)
     tl.store(out_ptr1 + (tl.broadcast_to(xindex, [BLOCK_M, BLOCK_N])), tmp8, mask)
+# + 40 lines of ternary_mm.py.jinja as written
 # launch:
 triton_tem_fused_relu_ternary_mm_0.run(arg0_1, arg1_1, arg2_1, arg3_1, arg4_1, buf1, 1, 1, 1, stream=raw_stream0)""",
         )

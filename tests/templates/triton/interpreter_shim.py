@@ -103,40 +103,12 @@ def install() -> None:
     import triton
     import triton.language as tl
     import triton.runtime.interpreter as interpreter
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.driver import DriverBase
+    from sm80_driver import sm80_driver
 
-    class CpuInterpreterDriver(DriverBase):
-        """Reports an sm_80 target (used only for hashing and option parsing); kernels run in the interpreter."""
-
-        def is_active(self):
-            return True
-
-        def map_python_to_cpp_type(self, ty):
-            return ty
-
-        def get_current_target(self):
-            return GPUTarget("cuda", 80, 32)
-
-        def get_active_torch_device(self):
-            return torch.device("cpu")
-
-        def get_device_interface(self):
-            return torch.cpu
-
-        def get_benchmarker(self):
-            return triton.testing.do_bench
-
-        def get_current_device(self):
-            return 0
-
-        def set_current_device(self, device):
-            pass
-
-        def get_current_stream(self, device=None):
-            return 0
-
-    triton.runtime.driver.set_active(CpuInterpreterDriver())
+    # kernels run in the interpreter on CPU tensors, timed by Triton's do_bench
+    triton.runtime.driver.set_active(
+        sm80_driver(torch.device("cpu"), torch.cpu, lambda: triton.testing.do_bench)
+    )
     _fix_bf16(interpreter, tl)
 
     from torch._inductor.runtime import triton_helpers
