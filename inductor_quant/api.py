@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .configs import Int4WeightOnlyConfig, Int8WeightOnlyConfig
+from .configs import Int4WeightOnlyConfig, Int8DynamicActivationInt4WeightConfig, Int8WeightOnlyConfig
 from .primitives import quantize_int4_groupwise, quantize_int8_per_channel
-from .tensor import Int4WeightTensor, Int8WeightTensor, QuantizedWeightTensor
+from .tensor import Int4WeightA8Tensor, Int4WeightTensor, Int8WeightTensor, QuantizedWeightTensor
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,12 @@ def _int8_weight_only(module: nn.Module, config: Int8WeightOnlyConfig) -> nn.Mod
 
 
 @register_quantize_module_handler(Int4WeightOnlyConfig)
-def _int4_weight_only(module: nn.Module, config: Int4WeightOnlyConfig) -> nn.Module:
+@register_quantize_module_handler(Int8DynamicActivationInt4WeightConfig)
+def _int4_weight(module: nn.Module, config: Int4WeightOnlyConfig) -> nn.Module:
     weight = _float_weight(module)
     qdata, scale, zero_point = quantize_int4_groupwise(weight, config.group_size, config.scale_dtype)
-    qweight = Int4WeightTensor(qdata, scale, zero_point, dtype=weight.dtype, group_size=config.group_size)
+    cls = Int4WeightA8Tensor if isinstance(config, Int8DynamicActivationInt4WeightConfig) else Int4WeightTensor
+    qweight = cls(qdata, scale, zero_point, dtype=weight.dtype, group_size=config.group_size)
     module.weight = nn.Parameter(qweight, requires_grad=False)
     return module
 

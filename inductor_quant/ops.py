@@ -157,19 +157,23 @@ def check_int4_linear_args(
     bias: torch.Tensor | None,
 ) -> None:
     """Validate ``int4_weight_linear`` arguments; every message names the offending value."""
-    from .primitives import check_int4_group
-
     if x.dim() != 2 or x.dtype not in _FLOAT_DTYPES:
         raise ValueError(
             f"x must be a 2-D tensor of {_FLOAT_DTYPES}, got shape {tuple(x.shape)} of {x.dtype}"
         )
+    _check_int4_weight(x.shape[1], qdata, scale, zero_point, group_size, bias)
+
+
+def _check_int4_weight(x_k: int, qdata, scale, zero_point, group_size: int, bias) -> None:
+    from .primitives import check_int4_group
+
     if qdata.dtype != torch.uint8 or qdata.dim() != 2:
         raise ValueError(
             f"qdata must be a 2-D uint8 [N, K / 2] tensor, got shape {tuple(qdata.shape)} of {qdata.dtype}"
         )
     n, k = qdata.shape[0], 2 * qdata.shape[1]
-    if x.shape[1] != k:
-        raise ValueError(f"x has K={x.shape[1]} input features but qdata [N, K / 2] has K={k}")
+    if x_k != k:
+        raise ValueError(f"x has K={x_k} input features but qdata [N, K / 2] has K={k}")
     check_int4_group(k, group_size)
     groups = (n, k // group_size)
     if scale.shape != groups or scale.dtype not in _FLOAT_DTYPES:
@@ -327,6 +331,107 @@ def aten_int4pack_mm_checked(
 @aten_int4pack_mm_checked.register_fake
 def _(x, packed_weight, group_size, scales_and_zeros):
     return x.new_empty((x.shape[0], packed_weight.shape[0]))
+
+
+# --- int4 groupwise weights x int8 activations (W4A8, an explicit option) -----------------------------------------
+
+
+def check_int4_a8_mm_args(x, x_scale, qdata, scale, zero_point, group_size, bias) -> None:
+    """Validate ``int4_a8_mm`` arguments; every message names the offending value."""
+    if x.dim() != 2 or x.dtype != torch.int8:
+        raise ValueError(f"x must be a 2-D int8 [M, K] tensor, got shape {tuple(x.shape)} of {x.dtype}")
+    m = x.shape[0]
+    if x_scale.shape != (m,) or x_scale.dtype != torch.float32:
+        raise ValueError(
+            f"x_scale must be a [{m}] float32 tensor, got shape {tuple(x_scale.shape)} of {x_scale.dtype}"
+        )
+    _check_int4_weight(x.shape[1], qdata, scale, zero_point, group_size, bias)
+
+
+def int4_a8_dequant_mm(x, x_scale, qdata, scale, zero_point, group_size, bias=None, *, out_dtype=None):
+    """The eager / prefill kernel of ``int4_a8_mm``: the integer activations (exact in fp32) times chunks of W
+    widened to fp32, then the activation scale and bias in fp32."""
+    acc = int4_dequant_mm(x.float(), qdata, scale, zero_point, group_size, out_dtype=torch.float32)
+    out = acc.mul_(x_scale[:, None])
+    if bias is not None:
+        out = out.add_(bias.float())
+    return out.to(out_dtype or torch.float32)
+
+
+@torch.library.custom_op("inductor_quant::int4_a8_mm", mutates_args=())
+def int4_a8_mm(
+    x: torch.Tensor,
+    x_scale: torch.Tensor,
+    qdata: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``(x @ W.T) * x_scale[:, None] (+ bias)`` with int8 activations and the int4 groupwise weight
+    ``W[n, k] = (q[n, k] - zero_point[n, g]) * scale[n, g]`` of ``int4_weight_linear``.
+
+    Args:
+        x: ``[M, K]`` int8 activations (``primitives.quantize_activation_int8``, per token).
+        x_scale: ``[M]`` fp32 activation scales.
+        qdata, scale, zero_point, group_size: the int4 weight, as for ``int4_weight_linear``.
+        bias: optional ``[N]`` float bias.
+        out_dtype: dtype of the ``[M, N]`` result; ``None`` means float32.
+
+    Per group the sum ``sum_k x[m, k] * (q[n, k] - zero_point[n, g])`` is an exact integer; it is scaled by
+    ``scale[n, g]`` and summed over groups in fp32, then multiplied by ``x_scale[m]`` (bias added in fp32).
+    Eagerly W is widened to fp32 a chunk of rows at a time (``int4_a8_dequant_mm``); compiled, decode shapes on CPU
+    take the ``int4_gemv`` template's VNNI path (``lowerings/int4.py``).
+    """
+    check_int4_a8_mm_args(x, x_scale, qdata, scale, zero_point, group_size, bias)
+    return int4_a8_dequant_mm(x, x_scale, qdata, scale, zero_point, group_size, bias, out_dtype=out_dtype)
+
+
+@int4_a8_mm.register_fake
+def _(x, x_scale, qdata, scale, zero_point, group_size, bias=None, out_dtype=None):
+    check_int4_a8_mm_args(x, x_scale, qdata, scale, zero_point, group_size, bias)
+    return x.new_empty((x.shape[0], qdata.shape[0]), dtype=out_dtype or torch.float32)
+
+
+@torch.library.custom_op("inductor_quant::int4_a8_mm_packed", mutates_args=())
+def int4_a8_mm_packed(
+    x: torch.Tensor,
+    x_scale: torch.Tensor,
+    packed_weight: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype | None,
+    out_features: int,
+) -> torch.Tensor:
+    """``int4_a8_mm`` with the nibbles in the blocked decode layout of ``primitives.pack_int4_blocked``. Made only
+    by the prepack pass; its lowering is the GEMV template. This eager implementation is the reference."""
+    from .primitives import unpack_int4_blocked
+
+    qdata = unpack_int4_blocked(packed_weight, out_features, x.shape[1])
+    return int4_a8_mm(x, x_scale, qdata, scale, zero_point, group_size, bias, out_dtype)
+
+
+@int4_a8_mm_packed.register_fake
+def _(x, x_scale, packed_weight, scale, zero_point, group_size, bias, out_dtype, out_features):
+    return x.new_empty((x.shape[0], out_features), dtype=out_dtype or torch.float32)
+
+
+def int4_a8_linear(x, qdata, scale, zero_point, group_size, bias=None):
+    """The W4A8 forward on ``[M, K]`` float activations: per-token absmax int8 quantization of ``x`` (plain torch
+    ops, which Inductor fuses into one kernel in front of the matmul), then ``int4_a8_mm``; the result in
+    ``x``'s dtype. Inference only: the rounding of the activations has no gradient."""
+    from .primitives import quantize_activation_int8
+
+    if torch.is_grad_enabled() and x.requires_grad:
+        raise NotImplementedError(
+            "int4 weights with int8 activations (Int8DynamicActivationInt4WeightConfig) are inference-only: "
+            "run under torch.no_grad(), or use Int4WeightOnlyConfig to train through the layer"
+        )
+    xq, x_scale = quantize_activation_int8(x, "per_token")
+    return torch.ops.inductor_quant.int4_a8_mm(xq, x_scale, qdata, scale, zero_point, group_size, bias, x.dtype)
 
 
 # --- ternary weights x int8 activations (BitLinear) ---------------------------------------------------------------

@@ -15,11 +15,11 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .tensor import Int4WeightTensor, Int8WeightTensor, QuantizedWeightTensor
+from .tensor import Int4WeightA8Tensor, Int4WeightTensor, Int8WeightTensor, QuantizedWeightTensor
 
 METADATA_KEY = "inductor_quant"
 _FIELD_SEP = "#"
-_CLASSES = {cls.__name__: cls for cls in (Int8WeightTensor, Int4WeightTensor)}
+_CLASSES = {cls.__name__: cls for cls in (Int8WeightTensor, Int4WeightTensor, Int4WeightA8Tensor)}
 
 
 def _safetensors():

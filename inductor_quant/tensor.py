@@ -187,6 +187,16 @@ class Int4WeightTensor(QuantizedWeightTensor):
         )
 
 
+class Int4WeightA8Tensor(Int4WeightTensor):
+    """The int4 groupwise weight of ``Int4WeightTensor`` (same fields, same storage) whose linear quantizes the
+    activations to int8 per token first (W4A8: ``Int8DynamicActivationInt4WeightConfig``). Inference only."""
+
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        from .ops import int4_a8_linear
+
+        return int4_a8_linear(x, self.qdata, self.scale, self.zero_point, self.group_size, bias)
+
+
 implements = QuantizedWeightTensor.implements
 
 
@@ -277,4 +287,6 @@ def _(func, args, kwargs):
 
 
 # torch.load(weights_only=True) accepts only allow-listed globals.
-torch.serialization.add_safe_globals([Int8WeightTensor, Int4WeightTensor, _rebuild_quantized_weight])
+torch.serialization.add_safe_globals(
+    [Int8WeightTensor, Int4WeightTensor, Int4WeightA8Tensor, _rebuild_quantized_weight]
+)

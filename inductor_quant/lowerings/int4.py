@@ -12,6 +12,9 @@ Prefill (M > ``MAX_M``, or M dynamic) and shapes the template does not take: ``d
 GPU (wherever Inductor takes Triton templates), any M: ``dequant_mm`` and the Triton template of
   ``templates/triton/int4_mm.py.jinja`` (group scales and zero points in its K loop, bias in its epilogue) in its
   decode or prefill block configs, K steps cut to the group.
+W4A8 (``int4_a8_mm``, int8 activations quantized per token by an Inductor kernel in front): the same split, the
+template in its int8 mode (AVX512-VNNI sums) against ``dequant_mm`` (the op's eager path); on GPUs only the eager
+path (no Triton template for it yet).
 aten's ``_weight_int4pack_mm_for_cpu`` is not offered for this op: it needs its own packing of the weight
 (N % 16 == 0, a different nibble order), which a graph-input weight would pay for on every call.
 """
@@ -21,9 +24,9 @@ from __future__ import annotations
 import torch
 
 from .._compat import inductor_internals
-from ..ops import int4_dequant_mm
+from ..ops import int4_a8_dequant_mm, int4_dequant_mm
 from ..settings import INT4_KERNEL_ENV, forced_int4_kernel
-from ..templates.cpp.int4_gemv import K_STEP, MAX_M, CppInt4GemvTemplate
+from ..templates.cpp.int4_gemv import K_STEP, MAX_M, CppInt4A8GemvTemplate, CppInt4GemvTemplate
 from ..templates.triton.common import triton_applies
 from ..templates.triton.int4_mm import add_int4_mm_choices
 from .common import gemv_applies, select
@@ -124,4 +127,73 @@ def int4_weight_linear_packed_lowering(
         None,
         key=(m, out_features, k, *(t.get_dtype() for t in inputs), group_size, zero_is_offset, out_dtype),
         scheme="int4",
+    )
+
+
+def _int4_a8_dequant_mm(x, x_scale, qdata, scale, zero_point, bias=None, *, group_size, out_dtype=None):
+    return int4_a8_dequant_mm(x, x_scale, qdata, scale, zero_point, group_size, bias, out_dtype=out_dtype)
+
+
+a8_dequant_mm_choice = _I.ExternKernelChoice(
+    _int4_a8_dequant_mm, name="inductor_quant_int4_a8_dequant_mm", has_out_variant=False
+)
+
+
+def _a8_inputs(x, x_scale, weight, scale, zero_point, bias):
+    contiguous = [
+        _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(t)) for t in (x, x_scale, weight, scale, zero_point)
+    ]
+    return contiguous + ([_I.realize_inputs(bias)] if bias is not None else [])
+
+
+@L.register_lowering(torch.ops.inductor_quant.int4_a8_mm.default, type_promotion_kind=None)
+def int4_a8_mm_lowering(
+    x, x_scale, qdata, scale, zero_point, group_size, bias=None, out_dtype=None, *, layout=None
+):
+    out_dtype = out_dtype or torch.float32
+    inputs = _a8_inputs(x, x_scale, qdata, scale, zero_point, bias)
+    x, qdata = inputs[0], inputs[2]
+    m, k = x.get_size()
+    n = qdata.get_size()[0]
+    layout = _I.ir.FixedLayout(x.get_device(), out_dtype, [m, n])
+    forced = forced_int4_kernel()
+    choices = {
+        "dequant_mm": a8_dequant_mm_choice.bind(inputs, layout, group_size=group_size, out_dtype=out_dtype)
+    }
+    if forced != "dequant_mm" and gemv_applies(x, qdata, MAX_M, K_STEP):
+        choices["int4_gemv"] = CppInt4A8GemvTemplate.choice(
+            layout, inputs, has_bias=bias is not None, packed=False, n=int(n), group_size=group_size
+        )
+    return select(
+        "inductor_quant_int4_a8_mm",
+        choices,
+        inputs,
+        layout,
+        forced,
+        key=(m, n, k, *(t.get_dtype() for t in inputs), group_size, out_dtype),
+        scheme="int4_a8",
+        env=INT4_KERNEL_ENV,
+    )
+
+
+@L.register_lowering(torch.ops.inductor_quant.int4_a8_mm_packed.default, type_promotion_kind=None)
+def int4_a8_mm_packed_lowering(
+    x, x_scale, packed_weight, scale, zero_point, group_size, bias, out_dtype, out_features, *, layout=None
+):
+    """As for the weight-only packed op: decode-shaped problems only, the GEMV template is the one choice."""
+    out_dtype = out_dtype or torch.float32
+    inputs = _a8_inputs(x, x_scale, packed_weight, scale, zero_point, bias)
+    m, k = (int(s) for s in inputs[0].get_size())
+    layout = _I.ir.FixedLayout(inputs[0].get_device(), out_dtype, [m, out_features])
+    gemv = CppInt4A8GemvTemplate.choice(
+        layout, inputs, has_bias=bias is not None, packed=True, n=out_features, group_size=group_size
+    )
+    return select(
+        "inductor_quant_int4_a8_mm_packed",
+        {"int4_gemv_packed": gemv},
+        inputs,
+        layout,
+        None,
+        key=(m, out_features, k, *(t.get_dtype() for t in inputs), group_size, out_dtype),
+        scheme="int4_a8",
     )

@@ -8,6 +8,7 @@ the module's own weight (``options={"inductor_quant.prepack": False}`` turns thi
 
 * ``int8_weight_linear`` -> ``int8_weight_linear_packed`` (``primitives.pack_int8_blocked``);
 * ``int4_weight_linear`` -> ``int4_weight_linear_packed`` (``primitives.pack_int4_blocked``);
+* ``int4_a8_mm`` (W4A8) -> ``int4_a8_mm_packed`` (the same layout);
 * aten's ``_weight_int4pack_mm_for_cpu`` on a constant weight -> ``int4_weight_linear_packed``: its weight is
   unpacked from aten's layout (exactly) and its ``[K / g, N, 2]`` scales and zeros become fp32 ``[N, K / g]`` scales
   and offsets (``W = q * s + (z - 8 s)``, aten's ``(q - 8) * s + z``), so the package's kernel serves it;
@@ -108,6 +109,8 @@ def prepack_weights(graph: Graph) -> int:
             count += _prepack_int8(graph, node, int8)
         elif node.target is torch.ops.inductor_quant.int4_weight_linear.default:
             count += _prepack_int4(graph, node, int4)
+        elif node.target is torch.ops.inductor_quant.int4_a8_mm.default:
+            count += _prepack_int4_a8(graph, node, int4)
         elif node.target is aten._weight_int4pack_mm_for_cpu.default:
             count += _prepack_aten_int4(graph, node, int4)
         elif node.target is torch.ops.inductor_quant.ternary_mm.default:
@@ -194,6 +197,38 @@ def _prepack_int4(graph: Graph, node: Node, consts: _Constants) -> int:
         f"int4 weight {q.target} [{n}, {2 * qdata.shape[1]}] g{group_size} (M={_static_rows(x)})",
     )
     counters["inductor_quant"]["int4_prepacked"] += 1
+    return 1
+
+
+def _prepack_int4_a8(graph: Graph, node: Node, consts: _Constants) -> int:
+    forced = forced_int4_kernel()
+    if forced not in (None, "int4_gemv"):
+        log.debug(
+            "not prepacked: %s: %s=%s forces a kernel that reads the plain weight",
+            node.name,
+            INT4_KERNEL_ENV,
+            forced,
+        )
+        return 0
+    x, x_scale, q, scale, zero_point, group_size, bias, out_dtype = (list(node.args) + [None, None])[:8]
+    bias = node.kwargs.get("bias", bias)
+    out_dtype = node.kwargs.get("out_dtype", out_dtype)
+    why = _skip_reason(node, x, [q], consts.gm, int4_gemv.K_STEP)
+    if why:
+        log.debug("not prepacked: %s: %s", node.name, why)
+        return 0
+    qdata = getattr(consts.gm, q.target)
+    n = qdata.shape[0]
+    with graph.inserting_before(node):
+        packed = consts.get(graph, (q.target, "packed"), lambda: pack_int4_blocked(qdata))
+    _swap(
+        graph,
+        node,
+        torch.ops.inductor_quant.int4_a8_mm_packed.default,
+        (x, x_scale, packed, scale, zero_point, group_size, bias, out_dtype, n),
+        f"int4 weight {q.target} [{n}, {2 * qdata.shape[1]}] g{group_size}, int8 activations (M={_static_rows(x)})",
+    )
+    counters["inductor_quant"]["int4_a8_prepacked"] += 1
     return 1
 
 

@@ -11,6 +11,9 @@
 //   * bf16 activations (AVX512-BF16): a nibble q becomes the bf16 number 128 + q with one OR (0x4300 | q); the
 //     extra 128 is folded into the zero point (zp + 128). Products bf16 x bf16 are exact, sums fp32.
 //   * fp32 / fp16 activations: nibbles widened to fp32 (exact), fp32 FMAs; fp16 X is widened to fp32 once.
+//   * int8 activations (W4A8, with their per-row scale XS; AVX512-VNNI): the nibbles stay unsigned bytes and go
+//     straight into vpdpbusd against the signed activations, exact int32 sums per group, then the group scale in
+//     fp32; the result is multiplied by XS[m]. Without VNNI the int8 rows are widened to fp32 (exact).
 // The activations are permuted once per call into the order the planes come out in.
 // Where W lives is a matter of strides: step t of row r of block b is at W + b * 2K + r * RS + t * KS, with
 // RS = 64, KS = 256 for the layout prepacked at compile time ([N/4][K/128][4][64 bytes], one stream per block)
@@ -200,6 +203,47 @@ inline void iq4_dot_bf16(const uint8_t* const* wr, int64_t KS, int64_t K, const 
 }
 #endif
 
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+// --- int8 micro-kernel: out[m][r] = sum_g s[r, g] * dot_g(X[m], q[r]) for MT rows of int8 X, NR rows of W ---
+// On 8-bit lanes a step has two planes: byte b of the low plane is q[2b], of the high plane q[2b + 1] (mask, and
+// shift + mask). X is de-interleaved to match: xe[step + 64p + b] = X[step + 2b + p]. A 32-bit lane i of either
+// plane covers k in [8i, 8i + 8), as in the other kernels, so the scale vectors are the same. Per-lane sums of
+// 4 products of at most 15 * 128 cannot overflow int32 within a span.
+template <int MT, int NR, int GS>
+inline void iq4_dot_i8(const uint8_t* const* wr, int64_t KS, int64_t K, const int8_t* xe, int64_t ldx,
+                       const float* const* sc, float* out, int64_t ldo) {
+    constexpr int64_t SPAN = GS > IQ4_STEP ? GS : IQ4_STEP;
+    const __m512i nib = _mm512_set1_epi8(0x0F);
+    __m512 acc[MT][NR];
+    for (int m = 0; m < MT; ++m)
+        for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();
+    for (int64_t k0 = 0; k0 < K; k0 += SPAN) {
+        __m512i part[MT][NR];
+        for (int m = 0; m < MT; ++m)
+            for (int r = 0; r < NR; ++r) part[m][r] = _mm512_setzero_si512();
+        for (int64_t k = k0; k < k0 + SPAN; k += IQ4_STEP) {
+            const int64_t off = (k / IQ4_STEP) * KS;
+            for (int r = 0; r < NR; ++r) {
+                _mm_prefetch(reinterpret_cast<const char*>(wr[r] + off + IQ4_PREFETCH_STEPS * KS), _MM_HINT_T0);
+                const __m512i w = _mm512_loadu_si512(wr[r] + off);
+                const __m512i lo = _mm512_and_si512(w, nib);
+                const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), nib);
+                for (int m = 0; m < MT; ++m) {
+                    part[m][r] = _mm512_dpbusd_epi32(part[m][r], lo, _mm512_loadu_si512(xe + m * ldx + k));
+                    part[m][r] = _mm512_dpbusd_epi32(part[m][r], hi, _mm512_loadu_si512(xe + m * ldx + k + 64));
+                }
+            }
+        }
+        for (int r = 0; r < NR; ++r) {
+            const __m512 s = iq4_scale_vec<GS>(sc[r], k0);
+            for (int m = 0; m < MT; ++m) acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(part[m][r]), s, acc[m][r]);
+        }
+    }
+    for (int m = 0; m < MT; ++m)
+        for (int r = 0; r < NR; ++r) out[m * ldo + r] = _mm512_reduce_add_ps(acc[m][r]);
+}
+#endif
+
 #if defined(__AVX512F__)
 // --- fp32 micro-kernel: out[m][r] = sum_g s[r, g] * dot_g(X[m], q[r]) for MT rows of fp32 X, NR rows of W ---
 // On 32-bit lanes a step has eight planes: plane p is q[8i + p] (nibble p of dword i); xe[step + 16p + i] =
@@ -251,6 +295,12 @@ inline void iq4_block(const uint8_t* const* wr, int64_t KS, int64_t K, const XT*
             continue;
         }
 #endif
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+        if constexpr (sizeof(XT) == 1) {
+            iq4_dot_i8<MT, NR, GS>(wr + r0, KS, K, reinterpret_cast<const int8_t*>(xe), ldx, sc + r0, out + r0, IQ4_NR);
+            continue;
+        }
+#endif
         if constexpr (sizeof(XT) == 4)
             iq4_dot_f32<MT, NR, GS>(wr + r0, KS, K, reinterpret_cast<const float*>(xe), ldx, sc + r0, out + r0, IQ4_NR);
     }
@@ -278,9 +328,13 @@ inline void iq4_dot_scalar(const uint8_t* const* wr, int64_t KS, int64_t K, int6
 #endif  // INDUCTOR_QUANT_INT4_GEMV_HELPERS
 
 extern "C" {{export_declaration}}
+{%- if x_scaled %}
+{{kernel.def_kernel(inputs={"X": X, "XS": XS, "W": W, "S": S, "Z": Z, "B": B}, outputs={"Y": Y}, aliases=None)}}
+{%- else %}
 {{kernel.def_kernel(inputs={"X": X, "W": W, "S": S, "Z": Z, "B": B}, outputs={"Y": Y}, aliases=None)}}
+{%- endif %}
 {
-    // inductor_quant int4_gemv: M={{M}} N={{N}} K={{K}} group={{GS}} weight={{ "packed" if packed else "row-major" }} bias={{ B is not none }}
+    // inductor_quant int4_gemv: M={{M}} N={{N}} K={{K}} group={{GS}} weight={{ "packed" if packed else "row-major" }} bias={{ B is not none }}{{ " activations=int8" if x_scaled else "" }}
     constexpr int64_t M = {{M}};
     constexpr int64_t N = {{N}};
     constexpr int64_t K = {{K}};               // a multiple of IQ4_STEP
@@ -295,10 +349,17 @@ extern "C" {{export_declaration}}
 #if defined(__AVX512BF16__)
 #define IQ4_PATH_BF16 1
 #endif
+{%- elif x_scaled %}
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define IQ4_PATH_I8 1
+#endif
 {%- endif %}
 #if defined(IQ4_PATH_BF16)
     constexpr float zbias = 128.f;   // the unpacked nibbles are 128 + q
     using xe_t = uint16_t;
+#elif defined(IQ4_PATH_I8)
+    constexpr float zbias = 0.f;
+    using xe_t = int8_t;
 #elif defined(__AVX512F__)
 #define IQ4_PATH_F32 1
     constexpr float zbias = 0.f;
@@ -324,6 +385,8 @@ extern "C" {{export_declaration}}
             uint16_t bits;
             std::memcpy(&bits, &X[m * K + k], 2);
             xe[m * K + step + 32 * (o % 4) + o / 4] = bits;
+#elif defined(IQ4_PATH_I8)
+            xe[m * K + step + 64 * (o % 2) + o / 2] = X[m * K + k];
 #elif defined(IQ4_PATH_F32)
             xe[m * K + step + 16 * (o % 8) + o / 8] = static_cast<float>(X[m * K + k]);
 #else
@@ -347,7 +410,7 @@ extern "C" {{export_declaration}}
             sc[r] = sc_rows[r];
         }
         alignas(64) float acc[M * IQ4_NR];
-#if defined(IQ4_PATH_BF16) || defined(IQ4_PATH_F32)
+#if defined(IQ4_PATH_BF16) || defined(IQ4_PATH_I8) || defined(IQ4_PATH_F32)
         int64_t m = 0;
         for (; m + 4 <= M; m += 4) iq4_block<4, GS>(wr, KS, K, xe + m * K, K, sc, acc + m * IQ4_NR);
         switch (M - m) {
@@ -359,10 +422,10 @@ extern "C" {{export_declaration}}
 #else
         iq4_dot_scalar(wr, KS, K, GS, xe, K, M, sc, acc);
 #endif
-        // --- epilogue: + zero-point term (+ bias) in fp32, one rounding to Y's dtype ---
+        // --- epilogue: + zero-point term ({{ "* XS[m], " if x_scaled else "" }}+ bias) in fp32, one rounding to Y's dtype ---
         for (int64_t mm = 0; mm < M; ++mm)
             for (int64_t r = 0; r < rows; ++r) {
-                const float out = {{ epilogue("(acc[mm * IQ4_NR + r] + iq4_dot(co_rows[r], xsum + mm * G, G))", none, "B[n0 + r]" if B is not none else none) }};
+                const float out = {{ epilogue("(acc[mm * IQ4_NR + r] + iq4_dot(co_rows[r], xsum + mm * G, G))", "XS[mm]" if x_scaled else none, "B[n0 + r]" if B is not none else none) }};
                 Y[mm * N + n0 + r] = static_cast<{{kernel.dtype(Y)}}>(out);
             }
     }
@@ -371,5 +434,6 @@ extern "C" {{export_declaration}}
     {{ store_epilogue() }}
 {%- endif %}
 #undef IQ4_PATH_BF16
+#undef IQ4_PATH_I8
 #undef IQ4_PATH_F32
 }

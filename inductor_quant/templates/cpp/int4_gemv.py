@@ -11,7 +11,7 @@ import torch
 
 from .gemv import MAX_M, CppGemvTemplate
 
-__all__ = ["K_STEP", "MAX_M", "CppInt4GemvTemplate"]
+__all__ = ["K_STEP", "MAX_M", "CppInt4A8GemvTemplate", "CppInt4GemvTemplate"]
 
 # The kernel walks K in steps of this many values (64 bytes per weight row); K must be a multiple.
 K_STEP = 128
@@ -28,6 +28,7 @@ class CppInt4GemvTemplate(CppGemvTemplate):
 
     source = "int4_gemv.cpp"
     weight_inputs = ("W", "S", "Z")
+    kernel_name = "inductor_quant_int4_gemv"
 
     def __init__(
         self,
@@ -41,13 +42,14 @@ class CppInt4GemvTemplate(CppGemvTemplate):
         zero_is_offset: bool,
     ):
         super().__init__(
-            "inductor_quant_int4_gemv", input_nodes, layout, has_bias=has_bias, packed=packed, n=n
+            self.kernel_name, input_nodes, layout, has_bias=has_bias, packed=packed, n=n
         )
         self.group_size = group_size
         self.zero_is_offset = zero_is_offset
 
     def options(self, X):
-        _, _, S, Z = self.input_nodes[:4]
+        named = dict(zip(self.weight_inputs, self.input_nodes[1:], strict=False))
+        S, Z = named["S"], named["Z"]
         k = int(X.get_size()[1])
         # see the layout note at the top of int4_gemv.cpp
         return dict(
@@ -56,4 +58,24 @@ class CppInt4GemvTemplate(CppGemvTemplate):
             step_stride=4 * K_STEP // 2 if self.packed else K_STEP // 2,
             s_kind=_KINDS[S.get_dtype()],
             z_kind=IQ_OFFSET if self.zero_is_offset else _KINDS[Z.get_dtype()],
+            x_scaled="XS" in named,
+        )
+
+
+class CppInt4A8GemvTemplate(CppInt4GemvTemplate):
+    """W4A8: ``Y = (X @ ((q - Z) * S).T) * XS[:, None] (+ B)`` for int8 X ``[M, K]`` with per-row fp32 scales XS
+    ``[M]``: the integer sums per group are exact (AVX512-VNNI on the nibbles as unsigned bytes)."""
+
+    weight_inputs = ("XS", "W", "S", "Z")
+    kernel_name = "inductor_quant_int4_a8_gemv"
+
+    def __init__(self, input_nodes, layout, *, has_bias: bool, packed: bool, n: int, group_size: int):
+        super().__init__(
+            input_nodes,
+            layout,
+            has_bias=has_bias,
+            packed=packed,
+            n=n,
+            group_size=group_size,
+            zero_is_offset=False,
         )
