@@ -74,7 +74,9 @@ def _int8_weight_only(module: nn.Module, config: Int8WeightOnlyConfig) -> nn.Mod
 def _int4_weight(module: nn.Module, config: Int4WeightOnlyConfig) -> nn.Module:
     weight = _float_weight(module)
     qdata, scale, zero_point = quantize_int4_groupwise(weight, config.group_size, config.scale_dtype)
-    cls = Int4WeightA8Tensor if isinstance(config, Int8DynamicActivationInt4WeightConfig) else Int4WeightTensor
+    cls = (
+        Int4WeightA8Tensor if isinstance(config, Int8DynamicActivationInt4WeightConfig) else Int4WeightTensor
+    )
     qweight = cls(qdata, scale, zero_point, dtype=weight.dtype, group_size=config.group_size)
     module.weight = nn.Parameter(qweight, requires_grad=False)
     return module

@@ -349,9 +349,11 @@ def check_int4_a8_mm_args(x, x_scale, qdata, scale, zero_point, group_size, bias
 
 
 def int4_a8_dequant_mm(x, x_scale, qdata, scale, zero_point, group_size, bias=None, *, out_dtype=None):
-    """The eager / prefill kernel of ``int4_a8_mm``: the integer activations (exact in fp32) times chunks of W
-    widened to fp32, then the activation scale and bias in fp32."""
-    acc = int4_dequant_mm(x.float(), qdata, scale, zero_point, group_size, out_dtype=torch.float32)
+    """The eager / prefill kernel of ``int4_a8_mm``: the integer activations (exact in any float dtype) times chunks
+    of W widened to the output dtype (bf16 / fp16: as W4A16's prefill does; otherwise fp32) by the dense GEMM, then
+    the activation scale and bias in fp32."""
+    dtype = out_dtype if out_dtype in (torch.bfloat16, torch.float16) else torch.float32
+    acc = int4_dequant_mm(x.to(dtype), qdata, scale, zero_point, group_size, out_dtype=torch.float32)
     out = acc.mul_(x_scale[:, None])
     if bias is not None:
         out = out.add_(bias.float())
@@ -431,7 +433,9 @@ def int4_a8_linear(x, qdata, scale, zero_point, group_size, bias=None):
             "run under torch.no_grad(), or use Int4WeightOnlyConfig to train through the layer"
         )
     xq, x_scale = quantize_activation_int8(x, "per_token")
-    return torch.ops.inductor_quant.int4_a8_mm(xq, x_scale, qdata, scale, zero_point, group_size, bias, x.dtype)
+    return torch.ops.inductor_quant.int4_a8_mm(
+        xq, x_scale, qdata, scale, zero_point, group_size, bias, x.dtype
+    )
 
 
 # --- ternary weights x int8 activations (BitLinear) ---------------------------------------------------------------

@@ -195,6 +195,24 @@ def int4_linear_reference(
     return out.to(out_dtype or x.dtype)
 
 
+def int4_a8_linear_reference(
+    x: torch.Tensor,
+    qdata: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reference for the W4A8 linear (``ops.int4_a8_linear``) on ``[M, K]`` float activations: per-token int8
+    quantization of ``x`` (``quantize_activation_int8``), fp32 GEMM of those integers with the exact dequantized
+    weight, times the activation scale, bias, one cast to ``x.dtype``."""
+    xq, x_scale = quantize_activation_int8(x, "per_token")
+    out = int4_linear_reference(xq.float(), qdata, scale, zero_point, group_size) * x_scale[:, None]
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)
+
+
 # Decode layout of int4 nibbles: blocks of PACK_ROWS rows, each stored INT4_PACK_RUN bytes (128 values) at a time:
 # packed[b, s, r, j] = qdata[b * 4 + r, s * 64 + j]. N is zero-padded to PACK_ROWS.
 INT4_PACK_RUN = 64

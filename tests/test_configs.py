@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from inductor_quant import Int4WeightOnlyConfig, Int8WeightOnlyConfig
+from inductor_quant import Int4WeightOnlyConfig, Int8DynamicActivationInt4WeightConfig, Int8WeightOnlyConfig
 
 
 def test_int8_config_defaults_to_fp32_scales():
@@ -52,3 +52,10 @@ def test_bit_quant_config_defaults_and_errors_name_the_value():
     for kwargs, message in bad:
         with pytest.raises(ValueError, match=message):
             BitQuantConfig(**kwargs)
+
+
+def test_w4a8_config_has_the_int4_fields_and_checks():
+    c = Int8DynamicActivationInt4WeightConfig()
+    assert c.group_size == 128 and c.scale_dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="got 48"):
+        Int8DynamicActivationInt4WeightConfig(group_size=48)

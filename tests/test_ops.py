@@ -157,6 +157,66 @@ def test_checked_aten_int4_opcheck():
     torch.library.opcheck(torch.ops.inductor_quant.aten_int4pack_mm_checked, args)
 
 
+# --- int4_a8_mm (W4A8) ---------------------------------------------------------------------------------------------
+
+a8_op = torch.ops.inductor_quant.int4_a8_mm
+
+
+def _a8_args(m=5, n=72, k=256, g=64, bias=True):
+    from inductor_quant.primitives import quantize_activation_int8
+
+    x, q, s, z, g, b = _int4_args(m, n, k, g, torch.float32, bias)
+    xq, xs = quantize_activation_int8(x)
+    return x, (xq, xs, q, s, z, g, b)
+
+
+@pytest.mark.parametrize("out_dtype", [None, torch.bfloat16])
+def test_int4_a8_opcheck(out_dtype):
+    _, args = _a8_args()
+    torch.library.opcheck(a8_op, args, {"out_dtype": out_dtype})
+
+
+@pytest.mark.parametrize("g", [32, 256])
+def test_int4_a8_eager_op_matches_reference(g):
+    from inductor_quant.primitives import dequantize_int4
+
+    # n > the dequantize chunk: several chunks, the last one partial; fp32 result: the integer activations and
+    # the fp32 dequantized weight are exact, only the GEMM's summation order differs from the fp64 reference
+    _, (xq, xs, q, s, z, g, b) = _a8_args(m=7, n=1100, k=1024, g=g)
+    out = a8_op(xq, xs, q, s, z, g, b)
+    w = dequantize_int4(q, s, z, g).double()
+    expected = (xq.double() @ w.t()) * xs.double()[:, None] + b.double()
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda a: {**a, "xq": a["xq"].float()}, "x must be a 2-D int8"),
+        (lambda a: {**a, "xs": a["xs"][:2]}, r"x_scale must be a \[5\] float32"),
+        (lambda a: {**a, "xs": a["xs"].double()}, "torch.float64"),
+        (lambda a: {**a, "s": a["s"][:, :2]}, r"scale must be a \[72, 4\]"),
+        (lambda a: {**a, "g": 48}, "got 48"),
+        (lambda a: {**a, "xq": a["xq"][:, :128]}, "K=128"),
+    ],
+)
+def test_int4_a8_bad_arguments_name_the_value(change, match):
+    _, (xq, xs, q, s, z, g, b) = _a8_args()
+    a = change(dict(xq=xq, xs=xs, q=q, s=s, z=z, g=g))
+    with pytest.raises(ValueError, match=match):
+        a8_op(a["xq"], a["xs"], a["q"], a["s"], a["z"], a["g"], b)
+
+
+def test_int4_a8_packed_opcheck_and_unpacked_equivalence():
+    from inductor_quant.primitives import pack_int4_blocked
+
+    _, (xq, xs, q, s, z, g, b) = _a8_args(n=42, k=256, g=32)
+    args = (xq, xs, pack_int4_blocked(q), s, z, g, b, None, 42)
+    torch.library.opcheck(torch.ops.inductor_quant.int4_a8_mm_packed, args)
+    assert torch.equal(torch.ops.inductor_quant.int4_a8_mm_packed(*args), a8_op(xq, xs, q, s, z, g, b))
+
+
 # --- ternary_mm ---------------------------------------------------------------------------------------------------
 
 ternary_op = torch.ops.inductor_quant.ternary_mm

@@ -6,7 +6,12 @@ from torch import nn
 
 import inductor_quant as iq
 
-CONFIGS = [iq.Int8WeightOnlyConfig(), iq.Int4WeightOnlyConfig(group_size=32), iq.Int4WeightOnlyConfig()]
+CONFIGS = [
+    iq.Int8WeightOnlyConfig(),
+    iq.Int4WeightOnlyConfig(group_size=32),
+    iq.Int4WeightOnlyConfig(),
+    iq.Int8DynamicActivationInt4WeightConfig(group_size=64),
+]
 
 
 def _model(config, dtype=torch.bfloat16):

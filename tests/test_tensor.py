@@ -183,3 +183,69 @@ def test_int4_copy_between_group_sizes_is_an_error():
     # load_state_dict wraps the ValueError of copy_ in a RuntimeError; the message names both group sizes
     with pytest.raises(RuntimeError, match=r"'group_size': 64\} into one, got .*group_size=128"):
         a.load_state_dict(b.state_dict())
+
+
+# --- W4A8: int4 weights, int8 per-token activations ---------------------------------------------------------
+
+
+def _a8_linear(dtype, group_size=64, k=256, n=72):
+    torch.manual_seed(0)
+    lin = nn.Linear(k, n).to(dtype)
+    ref = nn.Linear(k, n).to(dtype)
+    ref.load_state_dict(lin.state_dict())
+    iq.quantize_(lin, iq.Int8DynamicActivationInt4WeightConfig(group_size=group_size))
+    return lin, ref
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a8_eager_forward_is_the_w4a8_reference_and_close_to_float(dtype):
+    from conftest import verify
+
+    from inductor_quant.primitives import int4_a8_linear_reference
+
+    lin, ref = _a8_linear(dtype)
+    w = lin.weight
+    assert type(w) is iq.Int4WeightA8Tensor and w.group_size == 64
+    x = torch.randn(2, 3, 256, dtype=dtype)
+    with torch.no_grad():
+        out = lin(x)
+        expected = int4_a8_linear_reference(x.reshape(6, 256), w.qdata, w.scale, w.zero_point, 64, lin.bias)
+        # eagerly the weight is widened to the activation dtype (fp32 for fp32) before the GEMM
+        verify(out.reshape(6, 72), expected, precision=dtype)
+        assert sqnr(ref(x).float(), out.float()) >= 20  # int4 weights dominate; int8 activations cost ~1 dB
+
+
+def test_a8_same_weight_as_int4_weight_only():
+    # the option changes the activations only: the stored weight is Int4WeightOnlyConfig's, bit for bit
+    lin, _ = _a8_linear(torch.bfloat16)
+    torch.manual_seed(0)
+    plain = iq.quantize_(nn.Linear(256, 72).to(torch.bfloat16), iq.Int4WeightOnlyConfig(group_size=64))
+    for name in ("qdata", "scale", "zero_point"):
+        assert torch.equal(getattr(lin.weight, name), getattr(plain.weight, name))
+
+
+def test_a8_forward_that_needs_gradients_is_an_error_naming_the_option():
+    lin, _ = _a8_linear(torch.float32)
+    with pytest.raises(
+        NotImplementedError, match=r"Int8DynamicActivationInt4WeightConfig\) are inference-only"
+    ):
+        lin(torch.randn(2, 256, requires_grad=True))
+    lin(torch.randn(2, 256))  # no gradient needed: fine
+
+
+def test_a8_torch_load_weights_only_keeps_the_class():
+    lin, _ = _a8_linear(torch.bfloat16)
+    buf = io.BytesIO()
+    torch.save(lin.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf, weights_only=True)
+    assert type(sd["weight"]) is iq.Int4WeightA8Tensor and torch.equal(sd["weight"], lin.weight)
+
+
+def test_a8_compiles_without_graph_breaks():
+    lin, _ = _a8_linear(torch.bfloat16)
+    x = torch.randn(2, 3, 256, dtype=torch.bfloat16)
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(lin)(x)
+        assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+        assert torch.equal(torch.compile(lin, backend="aot_eager", fullgraph=True)(x), lin(x))

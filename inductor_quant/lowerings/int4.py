@@ -141,7 +141,8 @@ a8_dequant_mm_choice = _I.ExternKernelChoice(
 
 def _a8_inputs(x, x_scale, weight, scale, zero_point, bias):
     contiguous = [
-        _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(t)) for t in (x, x_scale, weight, scale, zero_point)
+        _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(t))
+        for t in (x, x_scale, weight, scale, zero_point)
     ]
     return contiguous + ([_I.realize_inputs(bias)] if bias is not None else [])
 

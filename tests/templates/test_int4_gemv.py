@@ -54,6 +54,7 @@ constexpr int S_KIND = 1;
 constexpr int Z_KIND = 3;
 #define IQ4_PATH_BF16 1
 constexpr float zbias = 128.f;   // the unpacked nibbles are 128 + q
+constexpr float zbias = 0.f;
 #define IQ4_PATH_F32 1
 constexpr float zbias = 0.f;
 constexpr float zbias = 0.f;
@@ -88,6 +89,7 @@ constexpr int64_t KS = 64;
 constexpr int S_KIND = 1;
 constexpr int Z_KIND = 3;
 constexpr float zbias = 128.f;   // the unpacked nibbles are 128 + q
+constexpr float zbias = 0.f;
 #define IQ4_PATH_F32 1
 constexpr float zbias = 0.f;
 constexpr float zbias = 0.f;
@@ -96,4 +98,41 @@ const float out = (acc[mm * IQ4_NR + r] + iq4_dot(co_rows[r], xsum + mm * G, G))
 Y[mm * N + n0 + r] = static_cast<at::Half>(out);
 bufN = empty_strided_cpu((5, 8), (8, 1), torch.float16)
 KERNEL(primals_N, primals_N, primals_N, primals_N, primals_N, bufN)""",
+        )
+
+    def test_frozen_w4a8_int8_activations(self):
+        torch.manual_seed(0)
+        lin = iq.quantize_(
+            nn.Linear(256, 8).to(torch.bfloat16), iq.Int8DynamicActivationInt4WeightConfig(group_size=64)
+        )
+        _, code = compile_and_run(lin, torch.randn(2, 256, dtype=torch.bfloat16))
+        self.assertExpectedInline(
+            _snapshot(code),
+            """\
+void kernel(const int8_t* X, const float* XS, const uint8_t* W, const at::BFloat16* S, const uint8_t* Z, const at::BFloat16* B, at::BFloat16* Y)
+// inductor_quant int4_gemv: M=2 N=8 K=256 group=64 weight=packed bias=True activations=int8
+constexpr int64_t M = 2;
+constexpr int64_t N = 8;
+constexpr int64_t K = 256;               // a multiple of IQ4_STEP
+constexpr int64_t GS = 64;             // group size: 32, 64, 128 or 256
+constexpr int64_t RS = 64;     // see the layout note above
+constexpr int64_t KS = 256;
+constexpr int S_KIND = 1;
+constexpr int Z_KIND = 3;
+#define IQ4_PATH_I8 1
+constexpr float zbias = 128.f;   // the unpacked nibbles are 128 + q
+constexpr float zbias = 0.f;
+#define IQ4_PATH_F32 1
+constexpr float zbias = 0.f;
+constexpr float zbias = 0.f;
+for (; m + 4 <= M; m += 4) iq4_block<4, GS>(wr, KS, K, xe + m * K, K, sc, acc + m * IQ4_NR);
+const float out = (acc[mm * IQ4_NR + r] + iq4_dot(co_rows[r], xsum + mm * G, G)) * static_cast<float>(XS[mm]) + static_cast<float>(B[n0 + r]);
+Y[mm * N + n0 + r] = static_cast<at::BFloat16>(out);
+bufN = empty_strided_cpu((2, 1), (1, 2), torch.float32)
+bufN = empty_strided_cpu((2, 256), (256, 1), torch.int8)
+bufN = empty_strided_cpu((2, 1), (1, 1), torch.float32)
+bufN = empty_strided_cpu((8, ), (1, ), torch.bfloat16)
+KERNEL(argN, bufN, bufN, bufN, bufN)
+bufN = empty_strided_cpu((2, 8), (8, 1), torch.bfloat16)
+KERNEL(bufN, bufN, _frozen_paramN_iq_packed, _frozen_paramN, _frozen_paramN, bufN, bufN)""",
         )

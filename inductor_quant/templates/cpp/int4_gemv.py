@@ -41,9 +41,7 @@ class CppInt4GemvTemplate(CppGemvTemplate):
         group_size: int,
         zero_is_offset: bool,
     ):
-        super().__init__(
-            self.kernel_name, input_nodes, layout, has_bias=has_bias, packed=packed, n=n
-        )
+        super().__init__(self.kernel_name, input_nodes, layout, has_bias=has_bias, packed=packed, n=n)
         self.group_size = group_size
         self.zero_is_offset = zero_is_offset
 
