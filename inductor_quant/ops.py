@@ -408,12 +408,16 @@ def int4_a8_mm_packed(
     out_dtype: torch.dtype | None,
     out_features: int,
 ) -> torch.Tensor:
-    """``int4_a8_mm`` with the nibbles in the blocked decode layout of ``primitives.pack_int4_blocked``. Made only
-    by the prepack pass; its lowering is the GEMV template. This eager implementation is the reference."""
-    from .primitives import unpack_int4_blocked
+    """``int4_a8_mm`` with the nibbles, scales and zero points in the lane layout of
+    ``primitives.pack_int4_lanes`` / ``pack_group_lanes``. Made only by the prepack pass; its lowering is the
+    ``int4_a8_gemv`` template. This eager implementation (unpack, then ``int4_a8_mm``) is the reference."""
+    from .primitives import unpack_group_lanes, unpack_int4_lanes
 
-    qdata = unpack_int4_blocked(packed_weight, out_features, x.shape[1])
-    return int4_a8_mm(x, x_scale, qdata, scale, zero_point, group_size, bias, out_dtype)
+    k = x.shape[1]
+    groups = k // group_size
+    qdata = unpack_int4_lanes(packed_weight, out_features, k)
+    s, z = (unpack_group_lanes(t, out_features, groups) for t in (scale, zero_point))
+    return int4_a8_mm(x, x_scale, qdata, s, z, group_size, bias, out_dtype)
 
 
 @int4_a8_mm_packed.register_fake

@@ -237,6 +237,44 @@ def unpack_int4_blocked(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return words.permute(0, 2, 1, 3).contiguous().view(torch.uint8).reshape(-1, half_k)[:n].contiguous()
 
 
+# W4A8 decode layout of int4 nibbles ("lanes"): blocks of INT4_LANE_ROWS rows; in each block, for every 8 consecutive
+# k, 64 bytes in which bytes 4i .. 4i + 3 (32-bit lane i) belong to row i: byte j holds k + j in its low nibble and
+# k + 4 + j in its high nibble. So one 64-byte load, masked (and shifted), gives 16 rows x 4 k of codes for VNNI dot
+# products against 4 broadcast activation bytes. The block's group scales and zero points are stored likewise, 16
+# rows per group: [N / 16][G][16]. N is zero-padded to 16 rows.
+INT4_LANE_ROWS = 16
+
+
+def pack_int4_lanes(qdata: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[N, K / 2]`` nibbles -> flat uint8 in the lane layout ``[N / 16][K / 8][16][4 bytes]``."""
+    q = unpack_int4(qdata)
+    n, k = q.shape
+    if k % 8:
+        raise ValueError(f"pack_int4_lanes needs K divisible by 8, got K={k}")
+    q = torch.nn.functional.pad(q, (0, 0, 0, -n % INT4_LANE_ROWS)).view(-1, INT4_LANE_ROWS, k // 8, 2, 4)
+    packed = q[:, :, :, 0, :] | (q[:, :, :, 1, :] << 4)  # [N / 16, 16, K / 8, 4]
+    return packed.permute(0, 2, 1, 3).contiguous().reshape(-1)
+
+
+def unpack_int4_lanes(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Inverse of ``pack_int4_lanes``: the uint8 ``[N, K / 2]`` nibbles."""
+    b = packed.view(-1, k // 8, INT4_LANE_ROWS, 4).permute(0, 2, 1, 3)  # [N / 16, 16, K / 8, 4]
+    q = torch.stack([b & 0xF, b >> 4], dim=3).reshape(-1, k)[:n]
+    return pack_int4(q)
+
+
+def pack_group_lanes(t: torch.Tensor) -> torch.Tensor:
+    """Per-group ``[N, G]`` scales or zero points -> flat ``[N / 16][G][16]`` (rows zero-padded to 16)."""
+    n, g = t.shape
+    padded = torch.nn.functional.pad(t, (0, 0, 0, -n % INT4_LANE_ROWS))
+    return padded.view(-1, INT4_LANE_ROWS, g).transpose(1, 2).contiguous().reshape(-1)
+
+
+def unpack_group_lanes(t: torch.Tensor, n: int, groups: int) -> torch.Tensor:
+    """Inverse of ``pack_group_lanes``: the ``[N, G]`` tensor."""
+    return t.view(-1, groups, INT4_LANE_ROWS).transpose(1, 2).reshape(-1, groups)[:n].contiguous()
+
+
 # aten's CPU int4 layout (``aten._convert_weight_to_int4pack_for_cpu``, torch 2.15; probed): N in blocks of 64 rows,
 # each block k-major. In a full block byte ``k * 32 + j`` holds row j (low nibble) and row 32 + j (high nibble); in
 # the last, narrower block of width bw (16, 32 or 48) byte ``k * bw / 2 + j`` holds rows 2j and 2j + 1. Values are

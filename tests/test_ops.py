@@ -209,10 +209,11 @@ def test_int4_a8_bad_arguments_name_the_value(change, match):
 
 
 def test_int4_a8_packed_opcheck_and_unpacked_equivalence():
-    from inductor_quant.primitives import pack_int4_blocked
+    from inductor_quant.primitives import pack_group_lanes, pack_int4_lanes
 
+    # N = 42: the last block of 16 lanes is partly padding
     _, (xq, xs, q, s, z, g, b) = _a8_args(n=42, k=256, g=32)
-    args = (xq, xs, pack_int4_blocked(q), s, z, g, b, None, 42)
+    args = (xq, xs, pack_int4_lanes(q), pack_group_lanes(s), pack_group_lanes(z), g, b, None, 42)
     torch.library.opcheck(torch.ops.inductor_quant.int4_a8_mm_packed, args)
     assert torch.equal(torch.ops.inductor_quant.int4_a8_mm_packed(*args), a8_op(xq, xs, q, s, z, g, b))
 

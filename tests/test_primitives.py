@@ -234,3 +234,28 @@ def test_fake_quantizers_are_straight_through_and_match_the_real_ones():
     torch.testing.assert_close(xq, qx.float() * sx[:, None])
     (wq.sum() + 2 * xq.sum()).backward()
     assert torch.equal(w.grad, torch.ones_like(w)) and torch.equal(x.grad, torch.full_like(x, 2.0))
+
+
+def test_int4_lane_layout_round_trips_and_puts_values_where_the_kernel_reads_them():
+    from inductor_quant.primitives import (
+        pack_group_lanes,
+        pack_int4_lanes,
+        unpack_group_lanes,
+        unpack_int4,
+        unpack_int4_lanes,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    # N = 37: 3 blocks, the last padded
+    qdata = torch.randint(0, 256, (37, 160), dtype=torch.uint8, generator=g)
+    packed = pack_int4_lanes(qdata)
+    assert packed.numel() == 48 * 160
+    assert torch.equal(unpack_int4_lanes(packed, 37, 320), qdata)
+    q = unpack_int4(qdata)
+    # row 19 = block 1, lane 3; k = 13 = step 1, high nibble of byte 1
+    b = packed.view(-1, 320 // 8, 16, 4)[1, 1, 3, 1]
+    assert b >> 4 == q[19, 13] and b & 0xF == q[19, 9]
+    scale = torch.randn(37, 5, generator=g)
+    lanes = pack_group_lanes(scale)
+    assert lanes.view(-1, 5, 16)[1, 2, 3] == scale[19, 2]
+    assert torch.equal(unpack_group_lanes(lanes, 37, 5), scale)

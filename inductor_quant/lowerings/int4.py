@@ -26,7 +26,8 @@ import torch
 from .._compat import inductor_internals
 from ..ops import int4_a8_dequant_mm, int4_dequant_mm
 from ..settings import INT4_KERNEL_ENV, forced_int4_kernel
-from ..templates.cpp.int4_gemv import K_STEP, MAX_M, CppInt4A8GemvTemplate, CppInt4GemvTemplate
+from ..templates.cpp.int4_a8_gemv import CppInt4A8GemvTemplate
+from ..templates.cpp.int4_gemv import K_STEP, MAX_M, CppInt4GemvTemplate, CppInt4RowMajorA8Template
 from ..templates.triton.common import triton_applies
 from ..templates.triton.int4_mm import add_int4_mm_choices
 from .common import gemv_applies, select
@@ -162,8 +163,8 @@ def int4_a8_mm_lowering(
         "dequant_mm": a8_dequant_mm_choice.bind(inputs, layout, group_size=group_size, out_dtype=out_dtype)
     }
     if forced != "dequant_mm" and gemv_applies(x, qdata, MAX_M, K_STEP):
-        choices["int4_gemv"] = CppInt4A8GemvTemplate.choice(
-            layout, inputs, has_bias=bias is not None, packed=False, n=int(n), group_size=group_size
+        choices["int4_gemv"] = CppInt4RowMajorA8Template.choice(
+            layout, inputs, has_bias=bias is not None, n=int(n), group_size=group_size
         )
     return select(
         "inductor_quant_int4_a8_mm",
@@ -181,17 +182,17 @@ def int4_a8_mm_lowering(
 def int4_a8_mm_packed_lowering(
     x, x_scale, packed_weight, scale, zero_point, group_size, bias, out_dtype, out_features, *, layout=None
 ):
-    """As for the weight-only packed op: decode-shaped problems only, the GEMV template is the one choice."""
+    """Made by the prepack pass for decode-shaped problems only: the lane-layout template is the one choice."""
     out_dtype = out_dtype or torch.float32
     inputs = _a8_inputs(x, x_scale, packed_weight, scale, zero_point, bias)
     m, k = (int(s) for s in inputs[0].get_size())
     layout = _I.ir.FixedLayout(inputs[0].get_device(), out_dtype, [m, out_features])
     gemv = CppInt4A8GemvTemplate.choice(
-        layout, inputs, has_bias=bias is not None, packed=True, n=out_features, group_size=group_size
+        layout, inputs, has_bias=bias is not None, n=out_features, group_size=group_size
     )
     return select(
         "inductor_quant_int4_a8_mm_packed",
-        {"int4_gemv_packed": gemv},
+        {"int4_a8_gemv": gemv},
         inputs,
         layout,
         None,

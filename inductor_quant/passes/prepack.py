@@ -8,7 +8,8 @@ the module's own weight (``options={"inductor_quant.prepack": False}`` turns thi
 
 * ``int8_weight_linear`` -> ``int8_weight_linear_packed`` (``primitives.pack_int8_blocked``);
 * ``int4_weight_linear`` -> ``int4_weight_linear_packed`` (``primitives.pack_int4_blocked``);
-* ``int4_a8_mm`` (W4A8) -> ``int4_a8_mm_packed`` (the same layout);
+* ``int4_a8_mm`` (W4A8) -> ``int4_a8_mm_packed``: nibbles, scales and zero points in the lane layout
+  (``primitives.pack_int4_lanes`` / ``pack_group_lanes``) of the ``int4_a8_gemv`` template;
 * aten's ``_weight_int4pack_mm_for_cpu`` on a constant weight -> ``int4_weight_linear_packed``: its weight is
   unpacked from aten's layout (exactly) and its ``[K / g, N, 2]`` scales and zeros become fp32 ``[N, K / g]`` scales
   and offsets (``W = q * s + (z - 8 s)``, aten's ``(q - 8) * s + z``), so the package's kernel serves it;
@@ -30,8 +31,10 @@ from ..primitives import (
     ATEN_INT4_N_MULTIPLE,
     INT4_GROUP_SIZES,
     PACK_K_STEP,
+    pack_group_lanes,
     pack_int4,
     pack_int4_blocked,
+    pack_int4_lanes,
     pack_int8_blocked,
     unpack_aten_int4,
 )
@@ -213,20 +216,26 @@ def _prepack_int4_a8(graph: Graph, node: Node, consts: _Constants) -> int:
     x, x_scale, q, scale, zero_point, group_size, bias, out_dtype = (list(node.args) + [None, None])[:8]
     bias = node.kwargs.get("bias", bias)
     out_dtype = node.kwargs.get("out_dtype", out_dtype)
-    why = _skip_reason(node, x, [q], consts.gm, int4_gemv.K_STEP)
+    # the lane layout takes any K the group divides (8 values per step)
+    why = _skip_reason(node, x, [q, scale, zero_point], consts.gm, 8)
     if why:
         log.debug("not prepacked: %s: %s", node.name, why)
         return 0
     qdata = getattr(consts.gm, q.target)
     n = qdata.shape[0]
     with graph.inserting_before(node):
-        packed = consts.get(graph, (q.target, "packed"), lambda: pack_int4_blocked(qdata))
+        packed = consts.get(graph, (q.target, "lanes"), lambda: pack_int4_lanes(qdata))
+        s, z = (
+            consts.get(graph, (t.target, "lanes"), lambda t=t: pack_group_lanes(getattr(consts.gm, t.target)))
+            for t in (scale, zero_point)
+        )
     _swap(
         graph,
         node,
         torch.ops.inductor_quant.int4_a8_mm_packed.default,
-        (x, x_scale, packed, scale, zero_point, group_size, bias, out_dtype, n),
-        f"int4 weight {q.target} [{n}, {2 * qdata.shape[1]}] g{group_size}, int8 activations (M={_static_rows(x)})",
+        (x, x_scale, packed, s, z, group_size, bias, out_dtype, n),
+        f"int4 weight {q.target} [{n}, {2 * qdata.shape[1]}] g{group_size}, int8 activations "
+        f"(M={_static_rows(x)}; lane layout)",
     )
     counters["inductor_quant"]["int4_a8_prepacked"] += 1
     return 1

@@ -48,28 +48,32 @@ class EveryGroupA8(nn.Module):
         return torch.cat(outs, dim=-1)
 
 
-# (how the weight reaches the kernel, what the generated code shows, compile under grad?)
+# (how the weight reaches the kernel, the kernel's header line, what else the code shows, compile under grad?)
 PATHS = [
-    ("frozen", "weight=packed", False),  # frozen decode: weight prepacked at compile time
-    ("input", "weight=row-major", True),  # weights are graph inputs: the plain [N, K / 2] storage
+    # frozen decode: weight, scales and zero points prepacked at compile time into the lane layout
+    ("frozen", "inductor_quant int4_a8_gemv", "weight=lanes", False),
+    # weights are graph inputs: int4_gemv's int8 path on the plain [N, K / 2] storage
+    ("input", "inductor_quant int4_gemv", "#define IQ4_PATH_I8 1", True),
 ]
 
 
-@pytest.mark.parametrize("path, marker, grad", PATHS, ids=[p[0] for p in PATHS])
+@pytest.mark.parametrize("path, header, marker, grad", PATHS, ids=[p[0] for p in PATHS])
 @pytest.mark.parametrize("m", [1, 5, 16])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gemv_every_group_size_matches_reference(path, marker, grad, m, dtype, monkeypatch):
-    # reference: the same per-token int8 activations times the exact int4 values in fp32; the kernel's sums per
+def test_gemv_every_group_size_matches_reference(path, header, marker, grad, m, dtype, monkeypatch):
+    # reference: the same per-token int8 activations times the exact int4 values in fp32; the kernels' sums per
     # group are exact integers, so only fp32 summation order and the output rounding differ
     monkeypatch.setenv(INT4_KERNEL_ENV, "int4_gemv")
     model = EveryGroupA8(dtype=dtype)
     x = torch.randn(m, 512, dtype=dtype)
     out, code = compile_and_run(model, x, grad=grad)
     assert counters["inductor_quant"]["int4_a8_lowered"] == 4
-    assert code.count(f"inductor_quant int4_gemv: M={m} N=65 K=512") == 4
-    FileCheck().check(marker).check("activations=int8").check("#define IQ4_PATH_I8 1").run(code)
+    assert code.count(f"{header}: M={m} N=65 K=512") == 4
+    FileCheck().check(marker).run(code)
     if path == "frozen":
         assert counters["inductor_quant"]["int4_a8_prepacked"] == 4
+    else:
+        FileCheck().check("activations=int8").run(code)
     verify(out, model.reference(x))
 
 
@@ -80,11 +84,13 @@ def test_frozen_graph_holds_int4_only_and_quantizes_activations_in_one_kernel():
     # packed nibbles (uint8), bf16 group scales, uint8 zero points, bf16 bias: no float [N, K] weight
     held = constant_bytes(code)
     nibbles = 4 * 64 * 256 // 2
-    assert held.get("uint8", 0) >= nibbles and held.get("bfloat16", 0) < 4 * 64 * 256 * 2 // 8
-    assert counters["inductor_quant"]["int4_prepacked_bytes"] == nibbles
+    groups = sum(256 // g for g in INT4_GROUP_SIZES)  # per row, over the four layers
+    assert held == {"uint8": nibbles + 64 * groups, "bfloat16": 2 * 64 * groups + 2 * 2 * 64}
+    # the prepack pass made the lane-layout copies: nibbles, bf16 scales, uint8 zero points (the plain ones dropped)
+    assert counters["inductor_quant"]["int4_prepacked_bytes"] == nibbles + 3 * 64 * groups
     # the four layers read the same input: Inductor quantizes it once (absmax, round, int8: one kernel) before
     # the four templates, which take its int8 rows and fp32 scales
-    assert code.count("inductor_quant int4_gemv") == 4
+    assert code.count("inductor_quant int4_a8_gemv") == 4
     call = code[code.index("def call") :]
     assert len(re.findall(r"cpp_fused_\w*amax\w*round\w*\(", call)) == 1
     FileCheck().check("amax").check_count("int4_a8_mm", 4, exactly=True).run(call)
@@ -102,7 +108,7 @@ def test_sums_are_exact_for_extreme_values():
     x = torch.full((3, k), -1.0)
     x[:, ::3] = 1.0  # +-127 after quantization
     out, _ = compile_and_run(lin, x)
-    assert counters["inductor_quant"]["int4_a8_kernel_int4_gemv_packed"] == 1
+    assert counters["inductor_quant"]["int4_a8_kernel_int4_a8_gemv"] == 1
     torch.testing.assert_close(
         out, int4_a8_linear_reference(x, w.qdata, w.scale, w.zero_point, g), rtol=1e-6, atol=0
     )
@@ -120,15 +126,22 @@ def test_prefill_takes_dequant_mm(dtype):
     verify(out, model.reference(x), precision=dtype)
 
 
-def test_k_not_multiple_of_128_takes_dequant_mm_with_reason(caplog):
+def test_k_not_multiple_of_128_frozen_takes_the_lane_kernel_input_takes_dequant_mm(caplog):
+    # the lane layout steps 8 values of K: any K the group divides; int4_gemv's steps are 128 values
     lin = a8_linear(320, 24, 64)
     x = torch.randn(2, 320, dtype=torch.bfloat16)
-    with caplog.at_level(logging.DEBUG, logger="inductor_quant"):
-        out, _ = compile_and_run(lin, x)
-    assert "K=320 (needs K % 128 == 0)" in caplog.text
-    assert counters["inductor_quant"]["int4_a8_kernel_dequant_mm"] == 1
     w = lin.weight
-    verify(out, int4_a8_linear_reference(x, w.qdata, w.scale, w.zero_point, 64, lin.bias))
+    expected = int4_a8_linear_reference(x, w.qdata, w.scale, w.zero_point, 64, lin.bias)
+    out, code = compile_and_run(lin, x)
+    assert "inductor_quant int4_a8_gemv: M=2 N=24 K=320" in code
+    verify(out, expected)
+    torch._dynamo.reset()
+    counters.clear()
+    with caplog.at_level(logging.DEBUG, logger="inductor_quant"):
+        out, _ = compile_and_run(lin, x, grad=True)
+    assert counters["inductor_quant"]["int4_a8_kernel_dequant_mm"] == 1
+    assert "offered ['dequant_mm']" in caplog.text
+    verify(out, expected)
 
 
 def test_unfrozen_decode_autotunes_and_logs(caplog):
@@ -147,7 +160,7 @@ def test_activation_after_gemv_is_fused_into_the_template():
     x = torch.randn(2, 256, dtype=torch.bfloat16)
     out, code = compile_and_run(nn.Sequential(lin, nn.SiLU()), x)
     assert counters["inductor"]["cpp_epilogue_fusion_counter"] >= 1
-    FileCheck().check("activations=int8").check("fused epilogue nodes").check("exp").run(code)
+    FileCheck().check("inductor_quant int4_a8_gemv").check("fused epilogue nodes").check("exp").run(code)
     w = lin.weight
     verify(out, F.silu(int4_a8_linear_reference(x, w.qdata, w.scale, w.zero_point, 32, lin.bias)))
 
@@ -156,7 +169,7 @@ def test_fewer_rows_than_a_block_and_3d_input():
     lin = a8_linear(128, 3, 128)
     x = torch.randn(1, 2, 128, dtype=torch.bfloat16)
     out, code = compile_and_run(lin, x)
-    assert "inductor_quant int4_gemv: M=2 N=3 K=128" in code
+    assert "inductor_quant int4_a8_gemv: M=2 N=3 K=128" in code  # one block of 16 lanes, 13 of them padding
     w = lin.weight
     expected = int4_a8_linear_reference(x.reshape(2, 128), w.qdata, w.scale, w.zero_point, 128, lin.bias)
     verify(out, expected.reshape(1, 2, 3))

@@ -27,12 +27,18 @@ def _decode(dtype):
     return iq.quantize_(nn.Linear(256, 8).to(dtype), iq.Int4WeightOnlyConfig(group_size=64))
 
 
-def _snapshot(code: str) -> str:
-    start = code.index("// inductor_quant int4_gemv") - 250
-    lines = [ln.strip() for ln in code[start:].splitlines() if _KEEP.search(ln)]
+_KEEP_A8 = re.compile(
+    r"inductor_quant int4_a8_gemv|void kernel\(|constexpr int64_t (M|N|K|GS) =|constexpr int (S|Z)_KIND|"
+    r"iq4l_block<|float out = |Y\[mm|cpp_fused_\w+\(|= empty_strided_cpu"
+)
+
+
+def _snapshot(code: str, header: str = "// inductor_quant int4_gemv", keep: re.Pattern = _KEEP) -> str:
+    start = code.index(header) - 250
+    lines = [ln.strip() for ln in code[start:].splitlines() if keep.search(ln)]
     text = "\n".join(lines)
     text = re.sub(r"cpp_fused_\w+", "KERNEL", text)
-    text = re.sub(r"\b(buf|arg|primals_|_frozen_param)\d+(_\d+)?(_iq_packed)?\b", r"\1N\3", text)
+    text = re.sub(r"\b(buf|arg|primals_|_frozen_param)\d+(_\d+)?(_iq_packed|_iq_lanes)?\b", r"\1N\3", text)
     return text
 
 
@@ -100,33 +106,25 @@ bufN = empty_strided_cpu((5, 8), (8, 1), torch.float16)
 KERNEL(primals_N, primals_N, primals_N, primals_N, primals_N, bufN)""",
         )
 
-    def test_frozen_w4a8_int8_activations(self):
+    def test_frozen_w4a8_lane_layout(self):
         torch.manual_seed(0)
         lin = iq.quantize_(
             nn.Linear(256, 8).to(torch.bfloat16), iq.Int8DynamicActivationInt4WeightConfig(group_size=64)
         )
         _, code = compile_and_run(lin, torch.randn(2, 256, dtype=torch.bfloat16))
         self.assertExpectedInline(
-            _snapshot(code),
+            _snapshot(code, "// inductor_quant int4_a8_gemv", _KEEP_A8),
             """\
 void kernel(const int8_t* X, const float* XS, const uint8_t* W, const at::BFloat16* S, const uint8_t* Z, const at::BFloat16* B, at::BFloat16* Y)
-// inductor_quant int4_gemv: M=2 N=8 K=256 group=64 weight=packed bias=True activations=int8
+// inductor_quant int4_a8_gemv: M=2 N=8 K=256 group=64 weight=lanes bias=True
 constexpr int64_t M = 2;
 constexpr int64_t N = 8;
-constexpr int64_t K = 256;               // a multiple of IQ4_STEP
+constexpr int64_t K = 256;               // a multiple of GS
 constexpr int64_t GS = 64;             // group size: 32, 64, 128 or 256
-constexpr int64_t RS = 64;     // see the layout note above
-constexpr int64_t KS = 256;
 constexpr int S_KIND = 1;
 constexpr int Z_KIND = 3;
-#define IQ4_PATH_I8 1
-constexpr float zbias = 128.f;   // the unpacked nibbles are 128 + q
-constexpr float zbias = 0.f;
-#define IQ4_PATH_F32 1
-constexpr float zbias = 0.f;
-constexpr float zbias = 0.f;
-for (; m + 4 <= M; m += 4) iq4_block<4, GS>(wr, KS, K, xe + m * K, K, sc, acc + m * IQ4_NR);
-const float out = (acc[mm * IQ4_NR + r] + iq4_dot(co_rows[r], xsum + mm * G, G)) * static_cast<float>(XS[mm]) + static_cast<float>(B[n0 + r]);
+iq4l_block<2, GS, S_KIND, Z_KIND>(wb, X + m0 * K, K, xsum + m0 * G, S, Z, sz, acc + m0 * IQ4L_ROWS);
+const float out = acc[mm * IQ4L_ROWS + r] * static_cast<float>(XS[mm]) + static_cast<float>(B[n0 + r]);
 Y[mm * N + n0 + r] = static_cast<at::BFloat16>(out);
 bufN = empty_strided_cpu((2, 1), (1, 2), torch.float32)
 bufN = empty_strided_cpu((2, 256), (256, 1), torch.int8)
@@ -134,5 +132,5 @@ bufN = empty_strided_cpu((2, 1), (1, 1), torch.float32)
 bufN = empty_strided_cpu((8, ), (1, ), torch.bfloat16)
 KERNEL(argN, bufN, bufN, bufN, bufN)
 bufN = empty_strided_cpu((2, 8), (8, 1), torch.bfloat16)
-KERNEL(bufN, bufN, _frozen_paramN_iq_packed, _frozen_paramN, _frozen_paramN, bufN, bufN)""",
+KERNEL(bufN, bufN, _frozen_paramN_iq_lanes, _frozen_paramN_iq_lanes, _frozen_paramN_iq_lanes, bufN, bufN)""",
         )

@@ -11,7 +11,7 @@ import torch
 
 from .gemv import MAX_M, CppGemvTemplate
 
-__all__ = ["K_STEP", "MAX_M", "CppInt4A8GemvTemplate", "CppInt4GemvTemplate"]
+__all__ = ["K_STEP", "MAX_M", "CppInt4GemvTemplate", "CppInt4RowMajorA8Template"]
 
 # The kernel walks K in steps of this many values (64 bytes per weight row); K must be a multiple.
 K_STEP = 128
@@ -60,19 +60,20 @@ class CppInt4GemvTemplate(CppGemvTemplate):
         )
 
 
-class CppInt4A8GemvTemplate(CppInt4GemvTemplate):
-    """W4A8: ``Y = (X @ ((q - Z) * S).T) * XS[:, None] (+ B)`` for int8 X ``[M, K]`` with per-row fp32 scales XS
-    ``[M]``: the integer sums per group are exact (AVX512-VNNI on the nibbles as unsigned bytes)."""
+class CppInt4RowMajorA8Template(CppInt4GemvTemplate):
+    """W4A8 on the plain ``[N, K / 2]`` nibbles of a weight that is a graph input: ``Y = (X @ ((q - Z) * S).T) *
+    XS[:, None] (+ B)`` for int8 X ``[M, K]`` with per-row fp32 scales XS ``[M]``; the integer sums per group are
+    exact (AVX512-VNNI on the nibbles as unsigned bytes). Frozen weights take ``int4_a8_gemv`` instead."""
 
     weight_inputs = ("XS", "W", "S", "Z")
-    kernel_name = "inductor_quant_int4_a8_gemv"
+    kernel_name = "inductor_quant_int4_gemv_a8"
 
-    def __init__(self, input_nodes, layout, *, has_bias: bool, packed: bool, n: int, group_size: int):
+    def __init__(self, input_nodes, layout, *, has_bias: bool, n: int, group_size: int):
         super().__init__(
             input_nodes,
             layout,
             has_bias=has_bias,
-            packed=packed,
+            packed=False,
             n=n,
             group_size=group_size,
             zero_is_offset=False,
