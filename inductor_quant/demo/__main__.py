@@ -23,7 +23,7 @@ from inductor_quant.primitives import INT4_GROUP_SIZES, sqnr
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # end-to-end through every block of the built-in model; per layer int8 is >= 35 dB and int4 (g128) ~20 dB, and the
 # errors of 7 linears per block add up (measured int4 g128: 20.3 dB on tiny, 17.2 dB on small)
-MIN_SQNR_DB = {"int8": 25.0, "int4": 15.0}
+MIN_SQNR_DB = {"int8": 25.0, "int4": 15.0, "int4_a8": 15.0}
 
 
 class HandWrittenInt8Linear(nn.Module):
@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     float_model = build(args.size, dtype)
     quantized = iq.quantize_(copy.deepcopy(float_model), iq.Int8WeightOnlyConfig())
     quantized4 = iq.quantize_(copy.deepcopy(float_model), iq.Int4WeightOnlyConfig(group_size=args.group_size))
+    a8_config = iq.Int8DynamicActivationInt4WeightConfig(group_size=args.group_size)
+    quantized4a8 = iq.quantize_(copy.deepcopy(float_model), a8_config)
     stock_int8 = _hand_written(quantized)
     x = torch.randn(1, args.m, size.dim, dtype=dtype)
     print(
@@ -96,7 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         counters["inductor_quant"].clear()
         ours4, t_ours4 = _compile(quantized4, x, "quant_inductor")
         packed_copies4 = counters["inductor_quant"]["int4_prepacked_bytes"]
-        quality = {"int8": sqnr(reference, ours(x)), "int4": sqnr(reference, ours4(x))}
+        counters["inductor_quant"].clear()
+        ours4a8, t_ours4a8 = _compile(quantized4a8, x, "quant_inductor")
+        packed_copies4a8 = counters["inductor_quant"]["int4_prepacked_bytes"]
+        quality = {
+            "int8": sqnr(reference, ours(x)),
+            "int4": sqnr(reference, ours4(x)),
+            "int4_a8": sqnr(reference, ours4a8(x)),
+        }
         stock_quality = sqnr(reference, stock_q(x))
         times = interleaved_medians(
             {
@@ -105,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 "stock Inductor, int8 (gpt-fast form)": lambda: stock_q(x),
                 "quant_inductor, int8": lambda: ours(x),
                 f"quant_inductor, int4 g{args.group_size}": lambda: ours4(x),
+                f"quant_inductor, W4A8 g{args.group_size}": lambda: ours4a8(x),
             },
             rounds=args.steps,
         )
@@ -115,12 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         # the module's int8 weights plus the decode-layout copies the compiled graph holds (prepacking)
         "quant_inductor, int8": iq.weight_bytes(quantized) + packed_copies,
         f"quant_inductor, int4 g{args.group_size}": iq.weight_bytes(quantized4) + packed_copies4,
+        f"quant_inductor, W4A8 g{args.group_size}": iq.weight_bytes(quantized4a8) + packed_copies4a8,
     }
     compile_s = {
         "stock Inductor, float": t_stock_float,
         "stock Inductor, int8 (gpt-fast form)": t_stock_q,
         "quant_inductor, int8": t_ours,
         f"quant_inductor, int4 g{args.group_size}": t_ours4,
+        f"quant_inductor, W4A8 g{args.group_size}": t_ours4a8,
     }
     for name, seconds in times.items():
         rows.append((name, seconds * 1e3, seconds * 1e3 / args.m, weights[name] / 2**20, compile_s.get(name)))
@@ -137,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:38} {ms:9.2f} {ms_tok:9.3f} {base * 1e3 / ms:8.2f}x {mib:12.1f} {comp_s}")
     print(
         f"SQNR vs the float model: quant_inductor int8 {quality['int8']:.1f} dB (required >= {MIN_SQNR_DB['int8']}), "
-        f"int4 {quality['int4']:.1f} dB (required >= {MIN_SQNR_DB['int4']}); stock int8 {stock_quality:.1f} dB"
+        f"int4 {quality['int4']:.1f} dB (required >= {MIN_SQNR_DB['int4']}), "
+        f"W4A8 {quality['int4_a8']:.1f} dB (required >= {MIN_SQNR_DB['int4_a8']}); stock int8 {stock_quality:.1f} dB"
     )
     failed = [scheme for scheme, db in quality.items() if db < MIN_SQNR_DB[scheme]]
     for scheme in failed:

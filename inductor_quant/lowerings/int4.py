@@ -12,9 +12,10 @@ Prefill (M > ``MAX_M``, or M dynamic) and shapes the template does not take: ``d
 GPU (wherever Inductor takes Triton templates), any M: ``dequant_mm`` and the Triton template of
   ``templates/triton/int4_mm.py.jinja`` (group scales and zero points in its K loop, bias in its epilogue) in its
   decode or prefill block configs, K steps cut to the group.
-W4A8 (``int4_a8_mm``, int8 activations quantized per token by an Inductor kernel in front): the same split, the
-template in its int8 mode (AVX512-VNNI sums) against ``dequant_mm`` (the op's eager path); on GPUs only the eager
-path (no Triton template for it yet).
+W4A8 (``int4_a8_mm``, int8 activations quantized per token by an Inductor kernel in front): frozen decode weights
+are prepacked into the lane layout of the ``int4_a8_gemv`` template (its packed op's one choice); graph-input
+weights autotune ``int4_gemv`` in its int8 mode (AVX512-VNNI sums) against ``dequant_mm`` (the op's eager path);
+prefill and GPUs take the eager path (no Triton template for it yet).
 aten's ``_weight_int4pack_mm_for_cpu`` is not offered for this op: it needs its own packing of the weight
 (N % 16 == 0, a different nibble order), which a graph-input weight would pay for on every call.
 """

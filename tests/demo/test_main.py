@@ -18,9 +18,10 @@ def test_demo_prints_the_table_and_passes_its_sqnr_check(capsys):
         "stock Inductor, int8 (gpt-fast form)",
         "quant_inductor, int8",
         "quant_inductor, int4 g128",
+        "quant_inductor, W4A8 g128",
     ):
         assert row in out
-    assert "SQNR vs the float model: quant_inductor int8" in out and "int4" in out
+    assert "SQNR vs the float model: quant_inductor int8" in out and "int4" in out and "W4A8" in out
 
 
 def test_demo_rejects_a_bad_m():
