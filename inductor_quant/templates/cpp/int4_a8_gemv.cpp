@@ -66,7 +66,7 @@ template <int MT, int GS, int S_KIND, int Z_KIND>
 inline void iq4l_block(const uint8_t* w, const int8_t* x, int64_t K, const float* xsum, const void* S,
                        const void* Z, int64_t sz, float* out) {
     constexpr int CH = MT == 1 ? 4 : (MT == 2 ? 2 : 1);
-    constexpr int64_t STEPS = GS / IQ4L_KSTEP;  // 64-byte vectors per group
+    constexpr int64_t STEPS = GS / IQ4L_KSTEP;  // 64-byte vectors per group: 4 .. 32, a multiple of CH
     const int64_t G = K / GS;
     const __m512i nib = _mm512_set1_epi8(0x0F);
     __m512 o[MT];
@@ -77,18 +77,21 @@ inline void iq4l_block(const uint8_t* w, const int8_t* x, int64_t K, const float
             for (int m = 0; m < MT; ++m) acc[c][m] = _mm512_setzero_si512();
         const uint8_t* wg = w + g * STEPS * 64;
         const int8_t* xg = x + g * GS;
-        for (int64_t t = 0; t < STEPS; ++t) {
-            _mm_prefetch(reinterpret_cast<const char*>(wg + t * 64 + IQ4L_PREFETCH_BYTES), _MM_HINT_T0);
-            const __m512i v = _mm512_loadu_si512(wg + t * 64);
-            const __m512i lo = _mm512_and_si512(v, nib);
-            const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
-            const int c = static_cast<int>(t % CH);
-            for (int m = 0; m < MT; ++m) {
-                int32_t x0, x1;
-                std::memcpy(&x0, xg + m * K + t * IQ4L_KSTEP, 4);
-                std::memcpy(&x1, xg + m * K + t * IQ4L_KSTEP + 4, 4);
-                acc[c][m] = _mm512_dpbusd_epi32(acc[c][m], lo, _mm512_set1_epi32(x0));
-                acc[c][m] = _mm512_dpbusd_epi32(acc[c][m], hi, _mm512_set1_epi32(x1));
+        // steps t0 + c go to chain c: c is a compile-time index, so the accumulators stay in registers
+        for (int64_t t0 = 0; t0 < STEPS; t0 += CH) {
+            for (int c = 0; c < CH; ++c) {
+                const int64_t t = t0 + c;
+                _mm_prefetch(reinterpret_cast<const char*>(wg + t * 64 + IQ4L_PREFETCH_BYTES), _MM_HINT_T0);
+                const __m512i v = _mm512_loadu_si512(wg + t * 64);
+                const __m512i lo = _mm512_and_si512(v, nib);
+                const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+                for (int m = 0; m < MT; ++m) {
+                    int32_t x0, x1;
+                    std::memcpy(&x0, xg + m * K + t * IQ4L_KSTEP, 4);
+                    std::memcpy(&x1, xg + m * K + t * IQ4L_KSTEP + 4, 4);
+                    acc[c][m] = _mm512_dpbusd_epi32(acc[c][m], lo, _mm512_set1_epi32(x0));
+                    acc[c][m] = _mm512_dpbusd_epi32(acc[c][m], hi, _mm512_set1_epi32(x1));
+                }
             }
         }
         const __m512 s = iq4l_load16<S_KIND>(S, sz + g * IQ4L_ROWS);
