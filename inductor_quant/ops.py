@@ -383,8 +383,10 @@ def int4_a8_mm(
 
     Per group the sum ``sum_k x[m, k] * (q[n, k] - zero_point[n, g])`` is an exact integer; it is scaled by
     ``scale[n, g]`` and summed over groups in fp32, then multiplied by ``x_scale[m]`` (bias added in fp32).
-    Eagerly W is widened to fp32 a chunk of rows at a time (``int4_a8_dequant_mm``); compiled, decode shapes on CPU
-    take the ``int4_gemv`` template's VNNI path (``lowerings/int4.py``).
+    Eagerly (``int4_a8_dequant_mm``) W is widened a chunk of rows at a time to the output dtype (bf16 / fp16; fp32
+    otherwise) for a dense GEMM with the (exact) integer activations. Compiled (``lowerings/int4.py``), decode shapes
+    on CPU take AVX512-VNNI kernels with exact integer sums per group: ``int4_a8_gemv`` on frozen weights (prepacked),
+    ``int4_gemv``'s int8 path on weights that are graph inputs.
     """
     check_int4_a8_mm_args(x, x_scale, qdata, scale, zero_point, group_size, bias)
     return int4_a8_dequant_mm(x, x_scale, qdata, scale, zero_point, group_size, bias, out_dtype=out_dtype)

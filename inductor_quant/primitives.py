@@ -251,8 +251,8 @@ def pack_int4_lanes(qdata: torch.Tensor) -> torch.Tensor:
     if half_k % 4:
         raise ValueError(f"pack_int4_lanes needs K divisible by 8, got K={2 * half_k}")
     # 8 values of a row are one little-endian int32 of bytes b0..b3 holding k = 0, 1 | 2, 3 | 4, 5 | 6, 7 (low |
-    # high nibble); the lane wants bytes k0 | k4, k1 | k5, k2 | k6, k3 | k7. Whole-word shifts and masks: uint8
-    # ops on strided views are ~10x slower (a 4096 x 4096 weight packs in ~20 ms, not 80).
+    # high nibble); the lane wants bytes k0 | k4, k1 | k5, k2 | k6, k3 | k7: shifts and masks on whole words. This is
+    # the reference; the prepack pass runs the native copy of it (``kernels.pack_int4_lanes``).
     padded = torch.nn.functional.pad(qdata, (0, 0, 0, -n % INT4_LANE_ROWS))
     w = padded.view(torch.int32)  # [N, K / 8]
     lanes = (

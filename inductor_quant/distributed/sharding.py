@@ -45,12 +45,22 @@ SHARD_RULES: dict[type[QuantizedWeightTensor], dict[str, FieldRule]] = {
 }
 
 
+def _rules(w: QuantizedWeightTensor) -> dict[str, FieldRule]:
+    rules = SHARD_RULES.get(type(w))
+    if rules is None:
+        raise NotImplementedError(
+            f"{type(w).__name__} cannot be sharded yet (tensor parallelism supports "
+            f"{[t.__name__ for t in SHARD_RULES]})"
+        )
+    return rules
+
+
 def slice_weight(w: QuantizedWeightTensor, dim: int, start: int, stop: int) -> QuantizedWeightTensor:
     """``w`` sliced to ``[start, stop)`` along its (logical) ``dim``, as a weight of the same kind.
 
     A K slice of an int4 weight that would cut a group is a ``ValueError`` naming the group size.
     """
-    rules = SHARD_RULES[type(w)]
+    rules = _rules(w)
     dim = dim % 2
     along_n = dim == (1 if w.transposed else 0)
     sliced = []
@@ -79,7 +89,7 @@ def cat_weights(ws: list[QuantizedWeightTensor], dim: int) -> QuantizedWeightTen
     along_n = dim == (1 if first.transposed else 0)
     joined = []
     for i, name in enumerate(first.tensor_data_names):
-        rule = SHARD_RULES[type(first)][name]
+        rule = _rules(first)[name]
         parts = [w._tensors()[i] for w in ws]
         if along_n:
             joined.append(torch.cat(parts, rule.n_dim))
@@ -99,7 +109,7 @@ def pad_weight(w: QuantizedWeightTensor, dim: int, size: int) -> QuantizedWeight
     along_n = dim == (1 if w.transposed else 0)
     padded = []
     for name, t in zip(w.tensor_data_names, w._tensors(), strict=True):
-        rule = SHARD_RULES[type(w)][name]
+        rule = _rules(w)[name]
         if along_n:
             pad_dim, pad = rule.n_dim, size
         elif rule.k_dim is None:

@@ -27,6 +27,7 @@ import torch
 from torch._dynamo.utils import counters
 from torch.fx import Graph, GraphModule, Node
 
+from ..kernels import pack_int4_lanes
 from ..primitives import (
     ATEN_INT4_N_MULTIPLE,
     INT4_GROUP_SIZES,
@@ -34,7 +35,6 @@ from ..primitives import (
     pack_group_lanes,
     pack_int4,
     pack_int4_blocked,
-    pack_int4_lanes,
     pack_int8_blocked,
     unpack_aten_int4,
 )

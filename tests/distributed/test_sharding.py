@@ -242,3 +242,13 @@ def test_readme_torchrun_example(tmp_path):
     for rank in range(WORLD):
         assert re.search(rf"^{rank} Int4WeightTensor\(shape=\(2048, 1024\)", proc.stdout, re.M), proc.stdout
     assert (tmp_path / "tp_checkpoint" / ".metadata").exists()
+
+
+def test_w4a8_weight_is_not_shardable_yet_and_says_so():
+    # in-process: the sharding table rejects the W4A8 subclass by name before DTensor sees it
+    import inductor_quant as iq
+    from inductor_quant.distributed import slice_weight
+
+    lin = iq.quantize_(nn.Linear(256, 32), iq.Int8DynamicActivationInt4WeightConfig(group_size=64))
+    with pytest.raises(NotImplementedError, match="Int4WeightA8Tensor cannot be sharded yet"):
+        slice_weight(lin.weight, 0, 0, 16)
