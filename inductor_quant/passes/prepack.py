@@ -89,6 +89,14 @@ def _skip_reason(node: Node, x: Node, weights: list[Node], gm: GraphModule, k_mu
     return None
 
 
+def _forced_elsewhere(node: Node, env: str, forced: str | None, packed_kernel: str) -> bool:
+    """The environment forces a kernel other than the packed layout's (it reads the plain weight): do not pack."""
+    if forced in (None, packed_kernel):
+        return False
+    log.debug("not prepacked: %s: %s=%s forces a kernel that reads the plain weight", node.name, env, forced)
+    return True
+
+
 def _swap(graph: Graph, node: Node, target, args: tuple, what: str) -> None:
     with graph.inserting_before(node):
         new = graph.call_function(target, args)
@@ -125,14 +133,7 @@ def prepack_weights(graph: Graph) -> int:
 
 
 def _prepack_int8(graph: Graph, node: Node, consts: _Constants) -> int:
-    forced = forced_int8_kernel()
-    if forced not in (None, "int8_gemv"):
-        log.debug(
-            "not prepacked: %s: %s=%s forces a kernel that reads the plain weight",
-            node.name,
-            INT8_KERNEL_ENV,
-            forced,
-        )
+    if _forced_elsewhere(node, INT8_KERNEL_ENV, forced_int8_kernel(), "int8_gemv"):
         return 0
     x, w, scale, bias = (list(node.args) + [None])[:4]
     bias = node.kwargs.get("bias", bias)
@@ -173,14 +174,7 @@ def _repeat_ternary_scale(graph: Graph, node: Node, consts: _Constants) -> None:
 
 
 def _prepack_int4(graph: Graph, node: Node, consts: _Constants) -> int:
-    forced = forced_int4_kernel()
-    if forced not in (None, "int4_gemv"):
-        log.debug(
-            "not prepacked: %s: %s=%s forces a kernel that reads the plain weight",
-            node.name,
-            INT4_KERNEL_ENV,
-            forced,
-        )
+    if _forced_elsewhere(node, INT4_KERNEL_ENV, forced_int4_kernel(), "int4_gemv"):
         return 0
     x, q, scale, zero_point, group_size, bias = (list(node.args) + [None])[:6]
     bias = node.kwargs.get("bias", bias)
@@ -204,14 +198,7 @@ def _prepack_int4(graph: Graph, node: Node, consts: _Constants) -> int:
 
 
 def _prepack_int4_a8(graph: Graph, node: Node, consts: _Constants) -> int:
-    forced = forced_int4_kernel()
-    if forced not in (None, "int4_gemv"):
-        log.debug(
-            "not prepacked: %s: %s=%s forces a kernel that reads the plain weight",
-            node.name,
-            INT4_KERNEL_ENV,
-            forced,
-        )
+    if _forced_elsewhere(node, INT4_KERNEL_ENV, forced_int4_kernel(), "int4_gemv"):
         return 0
     x, x_scale, q, scale, zero_point, group_size, bias, out_dtype = (list(node.args) + [None, None])[:8]
     bias = node.kwargs.get("bias", bias)

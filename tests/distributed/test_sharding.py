@@ -236,11 +236,14 @@ def test_readme_torchrun_example(tmp_path):
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     (tmp_path / "tp_example.py").write_text(code)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD)]
-    cmd += ["--master-port", str(_free_port()), "tp_example.py"]
+    # each worker's stdout to its own file: the ranks' prints interleave (and split lines) on a shared stdout
+    cmd += ["--redirects", "1", "--log-dir", "logs", "--master-port", str(_free_port()), "tp_example.py"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in range(WORLD):
-        assert re.search(rf"^{rank} Int4WeightTensor\(shape=\(2048, 1024\)", proc.stdout, re.M), proc.stdout
+        (log,) = (tmp_path / "logs").glob(f"**/attempt_*/{rank}/stdout.log")
+        out = log.read_text()
+        assert re.search(rf"^{rank} Int4WeightTensor\(shape=\(2048, 1024\)", out, re.M), out
     assert (tmp_path / "tp_checkpoint" / ".metadata").exists()
 
 
