@@ -89,6 +89,16 @@ def _skip_reason(node: Node, x: Node, weights: list[Node], gm: GraphModule, k_mu
     return None
 
 
+def _args(node: Node, count: int, **optional: int) -> list:
+    """The op's first ``count`` arguments, positional or keyword (``optional``: name -> position, default None):
+    an ``out_dtype`` passed positionally must reach the packed op as one passed by keyword does."""
+    args = list(node.args) + [None] * (count - len(node.args))
+    for name, index in optional.items():
+        if name in node.kwargs:
+            args[index] = node.kwargs[name]
+    return args[:count]
+
+
 def _forced_elsewhere(node: Node, env: str, forced: str | None, packed_kernel: str) -> bool:
     """The environment forces a kernel other than the packed layout's (it reads the plain weight): do not pack."""
     if forced in (None, packed_kernel):
@@ -135,8 +145,7 @@ def prepack_weights(graph: Graph) -> int:
 def _prepack_int8(graph: Graph, node: Node, consts: _Constants) -> int:
     if _forced_elsewhere(node, INT8_KERNEL_ENV, forced_int8_kernel(), "int8_gemv"):
         return 0
-    x, w, scale, bias = (list(node.args) + [None])[:4]
-    bias = node.kwargs.get("bias", bias)
+    x, w, scale, bias, out_dtype = _args(node, 5, bias=3, out_dtype=4)
     why = _skip_reason(node, x, [w], consts.gm, PACK_K_STEP)
     if why:
         log.debug("not prepacked: %s: %s", node.name, why)
@@ -149,7 +158,7 @@ def _prepack_int8(graph: Graph, node: Node, consts: _Constants) -> int:
         graph,
         node,
         torch.ops.inductor_quant.int8_weight_linear_packed.default,
-        (x, packed, scale, bias, node.kwargs.get("out_dtype"), n),
+        (x, packed, scale, bias, out_dtype, n),
         f"int8 weight {w.target} [{n}, {k}] (M={_static_rows(x)})",
     )
     counters["inductor_quant"]["int8_prepacked"] += 1
@@ -176,8 +185,7 @@ def _repeat_ternary_scale(graph: Graph, node: Node, consts: _Constants) -> None:
 def _prepack_int4(graph: Graph, node: Node, consts: _Constants) -> int:
     if _forced_elsewhere(node, INT4_KERNEL_ENV, forced_int4_kernel(), "int4_gemv"):
         return 0
-    x, q, scale, zero_point, group_size, bias = (list(node.args) + [None])[:6]
-    bias = node.kwargs.get("bias", bias)
+    x, q, scale, zero_point, group_size, bias, out_dtype = _args(node, 7, bias=5, out_dtype=6)
     why = _skip_reason(node, x, [q], consts.gm, int4_gemv.K_STEP)
     if why:
         log.debug("not prepacked: %s: %s", node.name, why)
@@ -190,7 +198,7 @@ def _prepack_int4(graph: Graph, node: Node, consts: _Constants) -> int:
         graph,
         node,
         torch.ops.inductor_quant.int4_weight_linear_packed.default,
-        (x, packed, scale, zero_point, group_size, bias, node.kwargs.get("out_dtype"), n),
+        (x, packed, scale, zero_point, group_size, bias, out_dtype, n),
         f"int4 weight {q.target} [{n}, {2 * qdata.shape[1]}] g{group_size} (M={_static_rows(x)})",
     )
     counters["inductor_quant"]["int4_prepacked"] += 1
@@ -200,9 +208,7 @@ def _prepack_int4(graph: Graph, node: Node, consts: _Constants) -> int:
 def _prepack_int4_a8(graph: Graph, node: Node, consts: _Constants) -> int:
     if _forced_elsewhere(node, INT4_KERNEL_ENV, forced_int4_kernel(), "int4_gemv"):
         return 0
-    x, x_scale, q, scale, zero_point, group_size, bias, out_dtype = (list(node.args) + [None, None])[:8]
-    bias = node.kwargs.get("bias", bias)
-    out_dtype = node.kwargs.get("out_dtype", out_dtype)
+    x, x_scale, q, scale, zero_point, group_size, bias, out_dtype = _args(node, 8, bias=6, out_dtype=7)
     # the lane layout takes any K the group divides (8 values per step)
     why = _skip_reason(node, x, [q, scale, zero_point], consts.gm, 8)
     if why:

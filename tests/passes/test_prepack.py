@@ -117,3 +117,25 @@ def test_ternary_per_tensor_scale_is_repeated_so_layers_share_one_kernel(monkeyp
     FileCheck().check_count("// inductor_quant ternary_gemv:", 1, exactly=True).run(code)
     with torch.no_grad():
         torch.testing.assert_close(out, model(x), atol=0, rtol=0)
+
+
+class _OutDtypeInt8(nn.Module):
+    """The op called with ``out_dtype`` positionally (as ``quantized_matmul`` does)."""
+
+    def __init__(self, q, s):
+        super().__init__()
+        self.register_buffer("q", q)
+        self.register_buffer("s", s)
+
+    def forward(self, x):
+        return torch.ops.inductor_quant.int8_weight_linear(x, self.q, self.s, None, torch.float32)
+
+
+def test_positional_out_dtype_survives_prepacking():
+    # before: the packed op got out_dtype=None and returned bf16 where the graph expected fp32
+    _, q, s = int8_weight(64, 128)
+    model = _OutDtypeInt8(q, s)
+    x = torch.randn(2, 128, dtype=torch.bfloat16)
+    out, _ = compile_and_run(model, x)
+    assert counters["inductor_quant"]["int8_prepacked"] == 1
+    verify(out, int8_linear_reference(x, q, s, out_dtype=torch.float32))
