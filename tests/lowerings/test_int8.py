@@ -47,6 +47,18 @@ def test_forced_kernel_matches_reference(kernel, marker, frozen, m, n, k, dtype,
     verify(out, expected)
 
 
+@pytest.mark.parametrize("m", [16, 32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gemv_rows_in_uneven_passes_match_reference(m, dtype, monkeypatch):
+    """The gemv kernel takes the rows of X in passes of up to 6 (bf16; fp32: 4) rows as even as possible:
+    16 -> 6, 5, 5 and 32 -> 6, 6, 5, 5, 5, 5 (bf16). Every row must come out, in its place."""
+    monkeypatch.setenv(INT8_KERNEL_ENV, "int8_gemv")
+    model, x, expected = _case(m, 72, 256, dtype, bias=True)
+    out, code = compile_and_run(model, x)
+    FileCheck().check(f"inductor_quant int8_gemv: M={m}").check("weight=packed").run(code)
+    verify(out, expected)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_prefill_uses_dequant_mm_and_keeps_int8(dtype):
     model, x, expected = _case(64, 96, 128, dtype, bias=True)

@@ -59,8 +59,6 @@ constexpr int64_t K = 64;             // a multiple of IQ_KSTEP
 constexpr int64_t RS = 32;   // see the layout note above
 constexpr int64_t KS = 128;
 #define IQ_PATH_BF16 1
-for (; m + 4 <= M; m += 4) iq_dot_bf16<4>(wr, KS, K, xk + m * K, K, acc + m * IQ_NR);
-for (; m + 4 <= M; m += 4) iq_dot_f32<4>(wr, KS, K, xk + m * K, K, acc + m * IQ_NR);
 const float out = acc[mm * IQ_NR + r] * static_cast<float>(S[n0 + r]) + static_cast<float>(B[n0 + r]);
 Y[mm * N + n0 + r] = static_cast<at::BFloat16>(out);
 bufN = empty_strided_cpu((8, ), (1, ), torch.bfloat16)
@@ -88,8 +86,6 @@ constexpr int64_t K = 64;             // a multiple of IQ_KSTEP
 constexpr int64_t RS = 64;   // see the layout note above
 constexpr int64_t KS = 32;
 #define IQ_X_READY 1
-for (; m + 4 <= M; m += 4) iq_dot_bf16<4>(wr, KS, K, xk + m * K, K, acc + m * IQ_NR);
-for (; m + 4 <= M; m += 4) iq_dot_f32<4>(wr, KS, K, xk + m * K, K, acc + m * IQ_NR);
 const float out = acc[mm * IQ_NR + r] * static_cast<float>(S[n0 + r]) + static_cast<float>(B[n0 + r]);
 Y[mm * N + n0 + r] = static_cast<float>(out);
 bufN = empty_strided_cpu((5, 8), (8, 1), torch.float32)
