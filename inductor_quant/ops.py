@@ -42,7 +42,14 @@ DEQUANT_CHUNK_BYTES = 2 << 20
 
 
 def int8_dequant_mm(x, qweight, scale, bias=None, *, out_dtype=None):
-    """The prefill kernel: ``int8_weight_linear`` computed as dense GEMMs over exactly widened chunks of W."""
+    """The prefill kernel of ``int8_weight_linear``. bf16 activations on the CPU: the native GEMM of
+    ``kernels/int8_gemm.cpp``, which widens the weight inside (0.8-0.9x of dense bf16 for the chunked path below,
+    ~1x for this one: benchmarks/bench_int8.py); otherwise dense GEMMs over exactly widened chunks of W."""
+    from .kernels import int8_gemm
+
+    out = int8_gemm(x, qweight, scale, bias, out_dtype or x.dtype)
+    if out is not None:
+        return out
     m, k = x.shape
     n = qweight.shape[0]
     out = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
@@ -64,6 +71,9 @@ def int8_dequant_mm(x, qweight, scale, bias=None, *, out_dtype=None):
 # torch 2.15's CPU _weight_int8pack_mm is only right for K % 16 == 0: measured here, K = 8, 24, 40, 120 return
 # wrong values (up to inf) and K = 33, 100 crash the process. Other K take the dequantize path.
 ATEN_INT8_K_MULTIPLE = 16
+# Eager int8_weight_linear with bf16 activations takes the prefill GEMM above this many rows (the decode kernels'
+# limit, templates/cpp/gemv.py's MAX_M).
+EAGER_GEMM_MIN_M = 32
 
 
 @torch.library.custom_op("inductor_quant::int8_weight_linear", mutates_args=())
@@ -84,11 +94,12 @@ def int8_weight_linear(
         out_dtype: dtype of the ``[M, N]`` result; ``None`` means ``x.dtype``.
 
     Eagerly this runs aten's int8 kernel ``_weight_int8pack_mm`` (it needs the scale in ``x.dtype``) when K is a
-    multiple of ``ATEN_INT8_K_MULTIPLE``, else ``int8_dequant_mm``; compiled, the lowering in
-    ``inductor_quant/lowerings/int8.py`` picks a fused kernel.
+    multiple of ``ATEN_INT8_K_MULTIPLE``, else ``int8_dequant_mm``; bf16 activations with more than
+    ``EAGER_GEMM_MIN_M`` rows take ``int8_dequant_mm``'s native GEMM (aten's kernel is GEMV-shaped: ~4x slower
+    there). Compiled, the lowering in ``inductor_quant/lowerings/int8.py`` picks a fused kernel.
     """
     check_int8_linear_args(x, qweight, scale, bias)
-    if x.shape[1] % ATEN_INT8_K_MULTIPLE:
+    if x.shape[1] % ATEN_INT8_K_MULTIPLE or (x.dtype == torch.bfloat16 and x.shape[0] > EAGER_GEMM_MIN_M):
         return int8_dequant_mm(x, qweight, scale, bias, out_dtype=out_dtype)
     out = torch._weight_int8pack_mm(x.contiguous(), qweight.contiguous(), scale.to(x.dtype))
     if bias is not None:

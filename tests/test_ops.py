@@ -34,6 +34,57 @@ def test_eager_op_matches_reference(dtype, out_dtype):
     verify(packed_op(x, pack_int8_blocked(q), s, b, out_dtype, 65), expected, precision=dtype)
 
 
+@pytest.mark.parametrize(
+    "m, n, k",
+    [(33, 64, 32), (40, 130, 1056), (301, 65, 2080)],  # row / column tails; K past one 1024-deep slice
+)
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32, torch.float16])
+def test_int8_native_gemm_matches_reference(m, n, k, out_dtype):
+    """The prefill GEMM (kernels/int8_gemm.cpp, bf16 activations) against fp32 math: exact products, fp32 sums,
+    one rounding; an fp32 result is held to fp32's tolerance, not bf16's."""
+    from conftest import verify
+
+    from inductor_quant.kernels import int8_gemm
+
+    torch.manual_seed(m)
+    x, q, s, b = _args(m=m, n=n, k=k)
+    q[0, :2] = torch.tensor([-128, 127], dtype=torch.int8)  # both ends of int8
+    for bias in (b, None):
+        out = int8_gemm(x, q, s, bias, out_dtype)
+        assert out is not None, "the native GEMM should apply here (bf16, K % 32 == 0, AVX512-BF16)"
+        verify(out, int8_linear_reference(x, q, s, bias, out_dtype))
+
+
+def test_int8_native_gemm_declines_what_it_does_not_serve():
+    from inductor_quant.kernels import int8_gemm
+
+    x, q, s, b = _args(m=40, k=96)
+    assert int8_gemm(x.float(), q, s, b, torch.float32) is None  # fp32 activations: the dense path
+    x, q, s, b = _args(m=40, k=80)
+    assert int8_gemm(x, q, s, b, torch.bfloat16) is None  # K % 32 != 0
+    # and the op still answers both, through the chunked dense path
+    from conftest import verify
+
+    verify(op(x, q, s, b), int8_linear_reference(x, q, s, b))
+
+
+def test_int8_eager_prefill_takes_the_native_gemm(monkeypatch):
+    """bf16 activations with more rows than the decode kernels take: the native GEMM, not aten's GEMV-shaped kernel."""
+    from conftest import verify
+
+    import inductor_quant.kernels as kernels
+
+    calls = []
+    native = kernels.int8_gemm
+    monkeypatch.setattr(kernels, "int8_gemm", lambda *a: calls.append(a[0].shape) or native(*a))
+    x, q, s, b = _args(m=48, k=256)
+    verify(op(x, q, s, b), int8_linear_reference(x, q, s, b))
+    assert calls == [torch.Size([48, 256])]
+    x, q, s, b = _args(m=8, k=256)
+    op(x, q, s, b)  # decode-sized: aten's kernel
+    assert len(calls) == 1
+
+
 def test_op_gradient_matches_float_linear():
     x, q, s, b = _args(dtype=torch.float32)
     x.requires_grad_(True)

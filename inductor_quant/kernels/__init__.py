@@ -1,6 +1,7 @@
 """Native helper kernels for the eager ops, compiled on first use with Inductor's own C++ toolchain.
 
 ``int4_dequant.cpp`` widens rows of an int4 weight (the prefill path of ``int4_weight_linear``);
+``int8_gemm.cpp`` is the prefill GEMM of ``int8_weight_linear`` for bf16 activations (the weight widened inside it);
 ``int4_lanes.cpp`` repacks int4 nibbles into the W4A8 lane layout at compile time (the prepack pass). They are
 compiled by ``torch._inductor.codecache.CppCodeCache`` (same compiler, flags and on-disk cache as Inductor's CPU kernels);
 where that is not possible (no compiler, a non-CPU tensor) the same numbers come from torch ops, more slowly.
@@ -82,3 +83,60 @@ def pack_int4_lanes(qdata: torch.Tensor) -> torch.Tensor:
     out = torch.empty(padded.numel(), dtype=torch.uint8)
     fn(padded.data_ptr(), out.data_ptr(), padded.shape[0] // INT4_LANE_ROWS, half_k // 4)
     return out
+
+
+@functools.cache
+def _int8_gemm_fn():
+    from torch._inductor.codecache import CppCodeCache
+
+    source = (Path(__file__).parent / "int8_gemm.cpp").read_text()
+    try:
+        fn = CppCodeCache.load(source, needs_vec_isa=True).inductor_quant_int8_gemm
+    except Exception as e:  # noqa: BLE001 - any build failure means: use the torch fallback
+        log.warning("int8 GEMM kernel could not be built (%s); using torch ops instead", e)
+        return None
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5
+    fn.restype = ctypes.c_int64
+    return fn
+
+
+def int8_gemm(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """``(x @ qweight.T) * scale (+ bias)`` for bf16 ``x [M, K]`` and int8 ``qweight [N, K]`` on the CPU, by the
+    native kernel of ``int8_gemm.cpp``; ``None`` where it does not apply (another dtype or device, K not a multiple
+    of 32, no AVX512-BF16 in this build): the caller computes it another way."""
+    if (
+        x.dtype != torch.bfloat16
+        or x.device.type != "cpu"
+        or x.shape[1] % 32 != 0
+        or out_dtype not in _OUT_KIND
+    ):
+        return None
+    fn = _int8_gemm_fn()
+    if fn is None:
+        return None
+    m, k = x.shape
+    n = qweight.shape[0]
+    x = x.contiguous()
+    q = qweight.contiguous()
+    s = scale.to(torch.float32).contiguous()
+    b = bias.to(torch.float32).contiguous() if bias is not None else None
+    out = torch.empty(m, n, dtype=out_dtype)
+    done = fn(
+        x.data_ptr(),
+        q.data_ptr(),
+        s.data_ptr(),
+        b.data_ptr() if b is not None else None,
+        out.data_ptr(),
+        m,
+        n,
+        k,
+        _OUT_KIND[out_dtype],
+        torch.get_num_threads(),
+    )
+    return out if done else None
