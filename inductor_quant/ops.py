@@ -43,7 +43,7 @@ DEQUANT_CHUNK_BYTES = 2 << 20
 
 def int8_dequant_mm(x, qweight, scale, bias=None, *, out_dtype=None):
     """The prefill kernel of ``int8_weight_linear``. bf16 activations on the CPU: the native GEMM of
-    ``kernels/int8_gemm.cpp``, which widens the weight inside (0.8-0.9x of dense bf16 for the chunked path below,
+    ``kernels/widening_gemm.cpp``, which widens the weight inside (0.8-0.9x of dense bf16 for the chunked path below,
     ~1x for this one: benchmarks/bench_int8.py); otherwise dense GEMMs over exactly widened chunks of W."""
     from .kernels import int8_gemm
 
@@ -220,9 +220,15 @@ def widened_chunks_mm(x, n, widen_rows, bias=None, out_dtype=None):
 
 
 def int4_dequant_mm(x, qdata, scale, zero_point, group_size, bias=None, *, out_dtype=None):
-    """The prefill kernel: ``int4_weight_linear`` as dense GEMMs over chunks of W widened to ``x.dtype`` (by the
-    native kernel of ``kernels/int4_dequant.cpp``), each used while it is hot in cache."""
-    from .kernels import int4_dequantize_rows
+    """The prefill kernel of ``int4_weight_linear``. bf16 activations on the CPU: the native GEMM of
+    ``kernels/widening_gemm.cpp``, which widens the weight to bf16 inside; otherwise dense GEMMs over chunks of W
+    widened to ``x.dtype`` (by the native kernel of ``kernels/int4_dequant.cpp``), each used while it is hot in
+    cache. Both round the weight to ``x.dtype`` exactly as ``int4_dequantize_rows`` does."""
+    from .kernels import int4_dequantize_rows, int4_gemm
+
+    out = int4_gemm(x, qdata, scale, zero_point, group_size, bias, out_dtype or x.dtype)
+    if out is not None:
+        return out
 
     def widen_rows(n0, n1):
         return int4_dequantize_rows(qdata[n0:n1], scale[n0:n1], zero_point[n0:n1], group_size, x.dtype)

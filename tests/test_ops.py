@@ -40,7 +40,7 @@ def test_eager_op_matches_reference(dtype, out_dtype):
 )
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32, torch.float16])
 def test_int8_native_gemm_matches_reference(m, n, k, out_dtype):
-    """The prefill GEMM (kernels/int8_gemm.cpp, bf16 activations) against fp32 math: exact products, fp32 sums,
+    """The prefill GEMM (kernels/widening_gemm.cpp, bf16 activations) against fp32 math: exact products, fp32 sums,
     one rounding; an fp32 result is held to fp32's tolerance, not bf16's."""
     from conftest import verify
 
@@ -153,6 +153,25 @@ def test_int4_eager_op_matches_reference(dtype, out_dtype, g):
     x, q, s, z, g, b = _int4_args(m=7, n=1100, k=1024, g=g, dtype=dtype)
     out = int4_op(x, q, s, z, g, b, out_dtype)
     verify(out, int4_linear_reference(x, q, s, z, g, b, out_dtype, weight_dtype=dtype), precision=dtype)
+
+
+@pytest.mark.parametrize("g", [32, 128, 256])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+def test_int4_native_gemm_matches_reference(g, out_dtype):
+    """The int4 prefill GEMM (kernels/widening_gemm.cpp, bf16 activations): the weight rounded to bf16 as the eager
+    dequantize does, fp32 sums, one rounding; rows 301 (a partial row block), N = 130 (a partial panel), K = 1280
+    (past one 1024-deep slice)."""
+    from conftest import verify
+
+    from inductor_quant.kernels import int4_gemm
+    from inductor_quant.primitives import int4_linear_reference
+
+    x, q, s, z, g, b = _int4_args(m=301, n=130, k=1280, g=g)
+    for bias in (b, None):
+        out = int4_gemm(x, q, s, z, g, bias, out_dtype)
+        assert out is not None, "the native GEMM should apply here (bf16, K % 32 == 0, AVX512-BF16)"
+        expected = int4_linear_reference(x, q, s, z, g, bias, out_dtype, weight_dtype=torch.bfloat16)
+        verify(out, expected)
 
 
 def test_int4_native_dequantize_is_exact():

@@ -1,7 +1,8 @@
 """Native helper kernels for the eager ops, compiled on first use with Inductor's own C++ toolchain.
 
 ``int4_dequant.cpp`` widens rows of an int4 weight (the prefill path of ``int4_weight_linear``);
-``int8_gemm.cpp`` is the prefill GEMM of ``int8_weight_linear`` for bf16 activations (the weight widened inside it);
+``widening_gemm.cpp`` is the prefill GEMM of ``int8_weight_linear`` and ``int4_weight_linear`` for bf16 activations
+(the weight widened to bf16 inside it, a slice at a time);
 ``int4_lanes.cpp`` repacks int4 nibbles into the W4A8 lane layout at compile time (the prepack pass). They are
 compiled by ``torch._inductor.codecache.CppCodeCache`` (same compiler, flags and on-disk cache as Inductor's CPU kernels);
 where that is not possible (no compiler, a non-CPU tensor) the same numbers come from torch ops, more slowly.
@@ -86,18 +87,32 @@ def pack_int4_lanes(qdata: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _int8_gemm_fn():
+def _widening_gemm_lib():
     from torch._inductor.codecache import CppCodeCache
 
-    source = (Path(__file__).parent / "int8_gemm.cpp").read_text()
+    source = (Path(__file__).parent / "widening_gemm.cpp").read_text()
     try:
-        fn = CppCodeCache.load(source, needs_vec_isa=True).inductor_quant_int8_gemm
+        lib = CppCodeCache.load(source, needs_vec_isa=True)
     except Exception as e:  # noqa: BLE001 - any build failure means: use the torch fallback
-        log.warning("int8 GEMM kernel could not be built (%s); using torch ops instead", e)
+        log.warning("widening GEMM kernels could not be built (%s); using torch ops instead", e)
         return None
-    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5
-    fn.restype = ctypes.c_int64
-    return fn
+    lib.inductor_quant_int8_gemm.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5
+    lib.inductor_quant_int4_gemm.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] + [ctypes.c_void_p] * 2
+    lib.inductor_quant_int4_gemm.argtypes += [ctypes.c_int64] * 5
+    lib.inductor_quant_int8_gemm.restype = lib.inductor_quant_int4_gemm.restype = ctypes.c_int64
+    return lib
+
+
+def _widening_gemm_applies(x: torch.Tensor, out_dtype: torch.dtype):
+    """The library when the native GEMM serves ``x`` (bf16 on the CPU, K a multiple of 32), else None."""
+    if (
+        x.dtype != torch.bfloat16
+        or x.device.type != "cpu"
+        or x.shape[1] % 32 != 0
+        or out_dtype not in _OUT_KIND
+    ):
+        return None
+    return _widening_gemm_lib()
 
 
 def int8_gemm(
@@ -108,17 +123,10 @@ def int8_gemm(
     out_dtype: torch.dtype,
 ) -> torch.Tensor | None:
     """``(x @ qweight.T) * scale (+ bias)`` for bf16 ``x [M, K]`` and int8 ``qweight [N, K]`` on the CPU, by the
-    native kernel of ``int8_gemm.cpp``; ``None`` where it does not apply (another dtype or device, K not a multiple
+    native kernel of ``widening_gemm.cpp``; ``None`` where it does not apply (another dtype or device, K not a multiple
     of 32, no AVX512-BF16 in this build): the caller computes it another way."""
-    if (
-        x.dtype != torch.bfloat16
-        or x.device.type != "cpu"
-        or x.shape[1] % 32 != 0
-        or out_dtype not in _OUT_KIND
-    ):
-        return None
-    fn = _int8_gemm_fn()
-    if fn is None:
+    lib = _widening_gemm_applies(x, out_dtype)
+    if lib is None:
         return None
     m, k = x.shape
     n = qweight.shape[0]
@@ -127,10 +135,50 @@ def int8_gemm(
     s = scale.to(torch.float32).contiguous()
     b = bias.to(torch.float32).contiguous() if bias is not None else None
     out = torch.empty(m, n, dtype=out_dtype)
-    done = fn(
+    done = lib.inductor_quant_int8_gemm(
         x.data_ptr(),
         q.data_ptr(),
         s.data_ptr(),
+        b.data_ptr() if b is not None else None,
+        out.data_ptr(),
+        m,
+        n,
+        k,
+        _OUT_KIND[out_dtype],
+        torch.get_num_threads(),
+    )
+    return out if done else None
+
+
+def int4_gemm(
+    x: torch.Tensor,
+    qdata: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """``x @ W.T (+ bias)`` for bf16 ``x [M, K]`` and the int4 groupwise weight, ``W`` rounded to bf16 as
+    ``int4_dequantize_rows`` does, by the native kernel of ``widening_gemm.cpp``; ``None`` where it does not apply
+    (as ``int8_gemm``)."""
+    lib = _widening_gemm_applies(x, out_dtype)
+    if lib is None:
+        return None
+    m, k = x.shape
+    n = qdata.shape[0]
+    x = x.contiguous()
+    q = qdata.contiguous()
+    s = scale.to(torch.float32).contiguous()
+    z = zero_point.to(torch.float32).contiguous()
+    b = bias.to(torch.float32).contiguous() if bias is not None else None
+    out = torch.empty(m, n, dtype=out_dtype)
+    done = lib.inductor_quant_int4_gemm(
+        x.data_ptr(),
+        q.data_ptr(),
+        s.data_ptr(),
+        z.data_ptr(),
+        group_size,
         b.data_ptr() if b is not None else None,
         out.data_ptr(),
         m,

@@ -6,7 +6,7 @@ CPU (Inductor's C++ backend), decode (static M <= ``MAX_M``): autotuned among, a
     fused (frozen weights of decode graphs are prepacked before this and take its packed variant).
   Identical problems (same M, N, K, dtypes, bias) are tuned once per process: the winner is remembered.
 CPU prefill (M > ``MAX_M``, or M dynamic): ``dequant_mm`` (``ops.int8_dequant_mm``): for bf16 activations a native
-  GEMM that widens the weight slice by slice inside (``kernels/int8_gemm.cpp``); for fp32 / fp16 the weight is
+  GEMM that widens the weight slice by slice inside (``kernels/widening_gemm.cpp``); for fp32 / fp16 the weight is
   widened to the activation dtype one chunk of rows at a time (exact for int8), each chunk multiplied by the dense
   GEMM and scaled while it is hot in cache. The float weight is never whole, never stored. aten's kernel is not offered there: it is
   a GEMV-style loop, ~4x slower than the dense GEMM at M >= 256 on this class of machine (benchmarks/).

@@ -1,0 +1,233 @@
+// Prefill GEMM for weight-only quantized linears with bf16 activations, the weight widened to bf16 inside:
+//   int8: Y[m, n] = (sum_k X[m, k] * q[n, k]) * s[n] (+ b[n]),  q int8 [N, K], s fp32 [N];
+//   int4: Y[m, n] = sum_k X[m, k] * W[n, k] (+ b[n]),  W[n, k] = bf16((q[n, k] - zp[n, g]) * s[n, g]), g = k / GS,
+//         q two nibbles per byte [N, K / 2] (k = 2j low, 2j + 1 high), s / zp fp32 [N, K / GS].
+// X bf16 [M, K], b fp32 [N]. int8 values are exact in bf16 and bf16 x bf16 products exact in fp32, so the int8
+// sums are those of the float weight q * s up to fp32 summation order, the scale applied once per output; the int4
+// weight is rounded to bf16 exactly as the eager dequantize does (fp32 math, one rounding). One rounding to Y's dtype.
+//
+// The weight is never widened as a whole: threads take panels of NP = 64 output columns; for each KC-deep slice of
+// a panel the quantized rows are converted once into bf16 pairs (32-bit lane c of pair p holds W[n0 + c, 2p] and
+// W[n0 + c, 2p + 1]: the operand layout of vdpbf16ps) and the micro-kernel runs every row block of X against it:
+// MR = 6 rows x 4 vectors of 16 columns = 24 fp32 accumulators, each step one broadcast pair of X per row and 4
+// vectors of the packed weight. Converting costs a few percent of the arithmetic at M = 256.
+// Each entry point returns 1 when it computed Y, 0 when this build has no AVX512-BF16 or K is not a multiple of 32
+// (the caller then uses its fallback).
+#include <immintrin.h>
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
+namespace {
+constexpr int64_t NP = 64;    // output columns per panel
+constexpr int64_t MR = 6;     // rows of X per micro-kernel call
+constexpr int64_t KC = 1024;  // k per slice: the packed slice (128 KiB) stays in L2, 6 rows of X (12 KiB) in L1
+
+// r[i] holds 16 dwords of row i; afterwards r[j] holds dword j of every row (a 16 x 16 transpose)
+inline void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int i = 0; i < 4; ++i) {
+        t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+        r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+    }
+}
+
+// 32-bit lanes holding two int16 (sign-extended int8) -> the same two values as bf16 (exact: |v| <= 128)
+inline __m512i pairs_to_bf16(__m512i v) {
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v, 16), 16));
+    const __m512 hi = _mm512_cvtepi32_ps(_mm512_srai_epi32(v, 16));
+    // bf16 of an exactly representable fp32 is its upper half: lane = hi[31:16] : lo[31:16]
+    return _mm512_ternarylogic_epi32(_mm512_srli_epi32(_mm512_castps_si512(lo), 16), _mm512_castps_si512(hi),
+                                     _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)), 0xD8);  // C ? B : A
+}
+
+// Packers: bp[p * NP + c] = bf16 pair (W[n0 + c, k0 + 2p], W[n0 + c, k0 + 2p + 1]) for c < NP, 2p < kc (kc a
+// multiple of 32); columns past N are zero.
+struct Int8Weight {
+    const int8_t* q;
+    int64_t K, N;
+
+    void pack(int64_t n0, int64_t k0, int64_t kc, uint32_t* bp) const {
+        for (int64_t cb = 0; cb < NP; cb += 16)
+            for (int64_t k = 0; k < kc; k += 32) {
+                __m512i r[16];
+                for (int i = 0; i < 16; ++i) {
+                    const int64_t n = n0 + cb + i;
+                    r[i] = n < N ? _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + n * K + k0 + k)))
+                                 : _mm512_setzero_si512();
+                }
+                transpose16(r);  // r[j]: pair k / 2 + j of the 16 columns
+                for (int j = 0; j < 16; ++j) _mm512_store_si512(bp + (k / 2 + j) * NP + cb, pairs_to_bf16(r[j]));
+            }
+    }
+};
+
+struct Int4Weight {
+    const uint8_t* q;
+    const float* s;
+    const float* zp;
+    int64_t K, N, GS;
+
+    void pack(int64_t n0, int64_t k0, int64_t kc, uint32_t* bp) const {
+        const int64_t G = K / GS;
+        const __m512i nib = _mm512_set1_epi32(0xF);
+        for (int64_t cb = 0; cb < NP; cb += 16) {
+            const int64_t rows = std::min<int64_t>(16, N - (n0 + cb));
+            const __mmask16 live = static_cast<__mmask16>(rows >= 16 ? 0xFFFF : rows > 0 ? (1u << rows) - 1 : 0);
+            const __m512i row_at = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                      _mm512_set1_epi32(static_cast<int>(G)));
+            for (int64_t k = 0; k < kc; k += 32) {  // 32 k = 16 bytes = 16 pairs of each row, all in one group
+                const int64_t g = (k0 + k) / GS;
+                const __m512i at = _mm512_add_epi32(row_at, _mm512_set1_epi32(static_cast<int>(g)));
+                const float* s_rows = s + (n0 + cb) * G;
+                const float* z_rows = zp + (n0 + cb) * G;
+                const __m512 vs = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, at, s_rows, 4);
+                const __m512 vz = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, at, z_rows, 4);
+                __m512i r[16];
+                for (int i = 0; i < 16; ++i) {
+                    const int64_t n = n0 + cb + i;
+                    r[i] = i < rows ? _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + n * (K / 2) + (k0 + k) / 2)))
+                                    : _mm512_setzero_si512();
+                }
+                transpose16(r);  // r[j]: byte (pair) k / 2 + j of the 16 columns
+                for (int j = 0; j < 16; ++j) {
+                    const __m512 lo = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_and_si512(r[j], nib)), vz), vs);
+                    const __m512 hi = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(r[j], 4)), vz), vs);
+                    const __m512i lo16 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
+                    const __m512i hi16 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi));
+                    _mm512_store_si512(bp + (k / 2 + j) * NP + cb, _mm512_or_si512(lo16, _mm512_slli_epi32(hi16, 16)));
+                }
+            }
+        }
+    }
+};
+
+// c[m][0..64) (+)= sum over np pairs of X[m] . packed columns, for R rows of X
+template <int R>
+inline void micro_kernel(const uint16_t* x, int64_t ldx, const uint32_t* bp, int64_t np, float* c, bool first) {
+    __m512 acc[R][4];
+    for (int m = 0; m < R; ++m)
+        for (int j = 0; j < 4; ++j) acc[m][j] = first ? _mm512_setzero_ps() : _mm512_load_ps(c + m * NP + 16 * j);
+    for (int64_t p = 0; p < np; ++p) {
+        const uint32_t* b = bp + p * NP;
+        const __m512bh b0 = (__m512bh)_mm512_load_si512(b), b1 = (__m512bh)_mm512_load_si512(b + 16);
+        const __m512bh b2 = (__m512bh)_mm512_load_si512(b + 32), b3 = (__m512bh)_mm512_load_si512(b + 48);
+        for (int m = 0; m < R; ++m) {
+            int32_t pair;
+            std::memcpy(&pair, x + m * ldx + 2 * p, 4);
+            const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
+            acc[m][0] = _mm512_dpbf16_ps(acc[m][0], a, b0);
+            acc[m][1] = _mm512_dpbf16_ps(acc[m][1], a, b1);
+            acc[m][2] = _mm512_dpbf16_ps(acc[m][2], a, b2);
+            acc[m][3] = _mm512_dpbf16_ps(acc[m][3], a, b3);
+        }
+    }
+    for (int m = 0; m < R; ++m)
+        for (int j = 0; j < 4; ++j) _mm512_store_ps(c + m * NP + 16 * j, acc[m][j]);
+}
+
+void row_block(int64_t rows, const uint16_t* x, int64_t ldx, const uint32_t* bp, int64_t np, float* c, bool first) {
+    switch (rows) {
+        case 6: micro_kernel<6>(x, ldx, bp, np, c, first); break;
+        case 5: micro_kernel<5>(x, ldx, bp, np, c, first); break;
+        case 4: micro_kernel<4>(x, ldx, bp, np, c, first); break;
+        case 3: micro_kernel<3>(x, ldx, bp, np, c, first); break;
+        case 2: micro_kernel<2>(x, ldx, bp, np, c, first); break;
+        default: micro_kernel<1>(x, ldx, bp, np, c, first); break;
+    }
+}
+
+// Y[m, n0 + c] = c[m][c] (* s) (+ b) for c < cols, rounded once to Y's dtype (0 fp32, 1 bf16, 2 fp16)
+void store_panel(const float* c, int64_t M, int64_t N, int64_t n0, int64_t cols, const float* s, const float* b,
+                 void* y, int64_t out_kind) {
+    for (int64_t j = 0; j < cols; j += 16) {
+        const __mmask16 mask = static_cast<__mmask16>(cols - j >= 16 ? 0xFFFF : (1u << (cols - j)) - 1);
+        const __m512 vs = s ? _mm512_maskz_loadu_ps(mask, s + n0 + j) : _mm512_set1_ps(1.f);
+        const __m512 vb = b ? _mm512_maskz_loadu_ps(mask, b + n0 + j) : _mm512_setzero_ps();
+        for (int64_t m = 0; m < M; ++m) {
+            const __m512 v = _mm512_fmadd_ps(_mm512_load_ps(c + m * NP + j), vs, vb);
+            const int64_t at = m * N + n0 + j;
+            if (out_kind == 0) {
+                _mm512_mask_storeu_ps(static_cast<float*>(y) + at, mask, v);
+            } else if (out_kind == 1) {
+                _mm256_mask_storeu_epi16(static_cast<uint16_t*>(y) + at, mask, (__m256i)_mm512_cvtneps_pbh(v));
+            } else {
+                _mm256_mask_storeu_epi16(static_cast<uint16_t*>(y) + at, mask,
+                                         _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            }
+        }
+    }
+}
+
+template <typename Weight>
+void widening_gemm(const Weight& w, const uint16_t* x, const float* s, const float* b, void* y, int64_t M, int64_t N,
+                   int64_t K, int64_t out_kind, int64_t num_threads) {
+    const int64_t panels = (N + NP - 1) / NP;
+    const int64_t row_blocks = (M + MR - 1) / MR;
+#pragma omp parallel num_threads(num_threads)
+    {
+        uint32_t* bp = static_cast<uint32_t*>(std::aligned_alloc(64, KC / 2 * NP * sizeof(uint32_t)));
+        float* c = static_cast<float*>(std::aligned_alloc(64, row_blocks * MR * NP * sizeof(float)));
+#pragma omp for schedule(static)
+        for (int64_t pn = 0; pn < panels; ++pn) {
+            const int64_t n0 = pn * NP;
+            for (int64_t k0 = 0; k0 < K; k0 += KC) {
+                const int64_t kc = std::min(KC, K - k0);
+                w.pack(n0, k0, kc, bp);
+                for (int64_t m = 0; m < M; m += MR)
+                    row_block(std::min(MR, M - m), x + m * K + k0, K, bp, kc / 2, c + m * NP, k0 == 0);
+            }
+            store_panel(c, M, N, n0, std::min(NP, N - n0), s, b, y, out_kind);
+        }
+        std::free(bp);
+        std::free(c);
+    }
+}
+}  // namespace
+
+extern "C" int64_t inductor_quant_int8_gemm(const uint16_t* x, const int8_t* q, const float* s, const float* b,
+                                            void* y, int64_t M, int64_t N, int64_t K, int64_t out_kind,
+                                            int64_t num_threads) {
+    if (K % 32 != 0) return 0;
+    widening_gemm(Int8Weight{q, K, N}, x, s, b, y, M, N, K, out_kind, num_threads);
+    return 1;
+}
+
+extern "C" int64_t inductor_quant_int4_gemm(const uint16_t* x, const uint8_t* q, const float* s, const float* zp,
+                                            int64_t group_size, const float* b, void* y, int64_t M, int64_t N,
+                                            int64_t K, int64_t out_kind, int64_t num_threads) {
+    if (K % 32 != 0 || group_size % 32 != 0 || K % group_size != 0) return 0;
+    widening_gemm(Int4Weight{q, s, zp, K, N, group_size}, x, nullptr, b, y, M, N, K, out_kind, num_threads);
+    return 1;
+}
+#else
+extern "C" int64_t inductor_quant_int8_gemm(const uint16_t*, const int8_t*, const float*, const float*, void*,
+                                            int64_t, int64_t, int64_t, int64_t, int64_t) {
+    return 0;
+}
+
+extern "C" int64_t inductor_quant_int4_gemm(const uint16_t*, const uint8_t*, const float*, const float*, int64_t,
+                                            const float*, void*, int64_t, int64_t, int64_t, int64_t, int64_t) {
+    return 0;
+}
+#endif
