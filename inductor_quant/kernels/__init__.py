@@ -104,11 +104,12 @@ def _widening_gemm_lib():
 
 
 def _widening_gemm_applies(x: torch.Tensor, out_dtype: torch.dtype):
-    """The library when the native GEMM serves ``x`` (bf16 on the CPU, K a multiple of 32), else None."""
+    """The library when the native GEMM serves ``x`` (bf16 on the CPU, K a non-zero multiple of 32), else None."""
     if (
         x.dtype != torch.bfloat16
         or x.device.type != "cpu"
         or x.shape[1] % 32 != 0
+        or x.shape[1] == 0
         or out_dtype not in _OUT_KIND
     ):
         return None
