@@ -31,6 +31,7 @@ namespace {
 constexpr int64_t IQ4_NR = 4;              // weight rows per block
 constexpr int64_t IQ4_STEP = 128;          // K values per step: 64 bytes (one cache line) of each row
 constexpr int64_t IQ4_PREFETCH_STEPS = 16; // 4 KiB ahead in the packed layout (as the int8 kernel)
+constexpr int64_t IQ4_COEF_AHEAD = 2;      // scales / zero points are prefetched this many blocks ahead
 
 // element kinds of S and Z, fixed per kernel by the template; IQ_OFFSET: Z is an fp32 offset c, W = q * s + c
 enum IqKind { IQ_F32 = 0, IQ_BF16 = 1, IQ_F16 = 2, IQ_U8 = 3, IQ_OFFSET = 4 };
@@ -85,6 +86,21 @@ inline void iq4_store16(float* p, __m512 v, int64_t n) {
     else _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);
 }
 #endif
+
+template <int KIND>
+constexpr int64_t iq4_elem_bytes() {
+    return KIND == IQ_F32 || KIND == IQ_OFFSET ? 4 : KIND == IQ_U8 ? 1 : 2;
+}
+
+// Pull rows [row, row + rows) of a [N, G] scale / zero-point tensor towards the cache ahead of their block: they
+// are streams of their own beside the weight's (3/16 of its bytes at g32), and a block's first reads of them would
+// otherwise wait on memory.
+template <int KIND>
+inline void iq4_prefetch_rows(const void* p, int64_t row, int64_t rows, int64_t G) {
+    const char* begin = static_cast<const char*>(p) + row * G * iq4_elem_bytes<KIND>();
+    const int64_t bytes = rows * G * iq4_elem_bytes<KIND>();
+    for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(begin + i, _MM_HINT_T0);
+}
 
 // Per row of a block: fp32 scales and zero-point coefficients -s * (zp + zbias) (an offset c: c - s * zbias),
 // one per group.
@@ -400,6 +416,11 @@ extern "C" {{export_declaration}}
         const int64_t n0 = nb * IQ4_NR;
         const int64_t rows = std::min<int64_t>(IQ4_NR, N - n0);
         // rows past N (last block of a plain weight) re-read the last row; their sums are dropped
+        if (nb + IQ4_COEF_AHEAD < n_blocks) {
+            const int64_t ahead = n0 + IQ4_COEF_AHEAD * IQ4_NR;
+            iq4_prefetch_rows<S_KIND>(S, ahead, std::min<int64_t>(IQ4_NR, N - ahead), G);
+            iq4_prefetch_rows<Z_KIND>(Z, ahead, std::min<int64_t>(IQ4_NR, N - ahead), G);
+        }
         const uint8_t* wr[IQ4_NR];
         float sc_rows[IQ4_NR][G + 4], co_rows[IQ4_NR][G];  // + 4: iq4_scale_vec reads 4 scales
         const float* sc[IQ4_NR];
