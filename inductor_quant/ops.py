@@ -600,8 +600,14 @@ def check_int8_blockwise_linear_args(x, qweight, scale, bias) -> None:
 
 
 def int8_blockwise_dequant_mm(x, qweight, scale, bias=None, *, out_dtype=None):
-    """The kernel of ``int8_blockwise_linear``: rows of W dequantized (``q * scale`` per block, in fp32, rounded
-    once to ``x.dtype``) ~2 MiB at a time, each chunk multiplied by the dense GEMM while it is hot in cache."""
+    """The kernel of ``int8_blockwise_linear``: W dequantized (``q * scale`` per block, in fp32, rounded once to
+    ``x.dtype``) inside the native widening GEMM (bf16 activations on the CPU, blocks a multiple of 32), else ~2 MiB
+    of rows at a time, each chunk multiplied by the dense GEMM while it is hot in cache."""
+    from .kernels import int8_block_gemm
+
+    out = int8_block_gemm(x, qweight, scale, bias, out_dtype or x.dtype)
+    if out is not None:
+        return out
     n, k = qweight.shape
     scale = scale.float().reshape(n, -1, 1)
 

@@ -55,6 +55,31 @@ def test_int8_native_gemm_matches_reference(m, n, k, out_dtype):
         verify(out, int8_linear_reference(x, q, s, bias, out_dtype))
 
 
+@pytest.mark.parametrize("blocks", [1, 4, 33])  # blocks of K, 256 (1024 / 4) and 32 (1056 / 33)
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+def test_int8_blockwise_native_gemm_matches_reference(blocks, out_dtype):
+    """Blockwise int8 through the widening GEMM: W = q * s per block in fp32, rounded to bf16 once (as the eager
+    chunked path does), fp32 sums. The reference builds that bf16 weight and multiplies in fp32."""
+    from conftest import verify
+
+    from inductor_quant.kernels import int8_block_gemm
+
+    torch.manual_seed(blocks)
+    k = 1024 if blocks != 33 else 1056
+    x, q, _, b = _args(m=45, n=130, k=k)
+    s = torch.rand(130, blocks) / 100
+    w = (q.float().reshape(130, blocks, -1) * s[:, :, None]).reshape(130, k).to(torch.bfloat16).float()
+    for bias in (b, None):
+        out = int8_block_gemm(x, q, s, bias, out_dtype)
+        assert out is not None
+        expected = x.float() @ w.t() + (bias.float() if bias is not None else 0)
+        verify(out, expected.to(out_dtype))
+        op_out = torch.ops.inductor_quant.int8_blockwise_linear(x, q, s, bias, out_dtype)
+        verify(op_out, expected.to(out_dtype))
+    blocks_of_16 = torch.rand(130, k // 16)
+    assert int8_block_gemm(x, q, blocks_of_16, b, out_dtype) is None
+
+
 def test_int8_native_gemm_declines_what_it_does_not_serve():
     from inductor_quant.kernels import int8_gemm
 

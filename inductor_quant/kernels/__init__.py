@@ -1,7 +1,8 @@
 """Native helper kernels for the eager ops, compiled on first use with Inductor's own C++ toolchain.
 
 ``int4_dequant.cpp`` widens rows of an int4 weight (the prefill path of ``int4_weight_linear``);
-``widening_gemm.cpp`` is the prefill GEMM of ``int8_weight_linear`` and ``int4_weight_linear`` for bf16 activations
+``widening_gemm.cpp`` is the prefill GEMM of ``int8_weight_linear``, ``int4_weight_linear`` and
+``int8_blockwise_linear`` for bf16 activations
 (the weight widened to bf16 inside it, a slice at a time);
 ``int4_lanes.cpp`` repacks int4 nibbles into the W4A8 lane layout at compile time (the prepack pass). They are
 compiled by ``torch._inductor.codecache.CppCodeCache`` (same compiler, flags and on-disk cache as Inductor's CPU kernels);
@@ -99,7 +100,16 @@ def _widening_gemm_lib():
     lib.inductor_quant_int8_gemm.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5
     lib.inductor_quant_int4_gemm.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] + [ctypes.c_void_p] * 2
     lib.inductor_quant_int4_gemm.argtypes += [ctypes.c_int64] * 5
-    lib.inductor_quant_int8_gemm.restype = lib.inductor_quant_int4_gemm.restype = ctypes.c_int64
+    lib.inductor_quant_int8_block_gemm.argtypes = (
+        [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 2
+    )
+    lib.inductor_quant_int8_block_gemm.argtypes += [ctypes.c_int64] * 5
+    for fn in (
+        lib.inductor_quant_int8_gemm,
+        lib.inductor_quant_int4_gemm,
+        lib.inductor_quant_int8_block_gemm,
+    ):
+        fn.restype = ctypes.c_int64
     return lib
 
 
@@ -180,6 +190,44 @@ def int4_gemm(
         s.data_ptr(),
         z.data_ptr(),
         group_size,
+        b.data_ptr() if b is not None else None,
+        out.data_ptr(),
+        m,
+        n,
+        k,
+        _OUT_KIND[out_dtype],
+        torch.get_num_threads(),
+    )
+    return out if done else None
+
+
+def int8_block_gemm(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """``x @ W.T (+ bias)`` for bf16 ``x [M, K]`` and the blockwise int8 weight ``W[n, k] = q[n, k] * scale[n, g]``
+    (``scale [N, G]``, blocks of ``K / G``), ``W`` rounded to bf16 as ``int8_blockwise_dequant_mm`` does, by the
+    native kernel of ``widening_gemm.cpp``; ``None`` where it does not apply (as ``int8_gemm``, and blocks that are
+    not a multiple of 32)."""
+    lib = _widening_gemm_applies(x, out_dtype)
+    n, k = qweight.shape
+    scale = scale.reshape(n, -1)
+    if lib is None or (k // scale.shape[1]) % 32 != 0:
+        return None
+    m = x.shape[0]
+    x = x.contiguous()
+    q = qweight.contiguous()
+    s = scale.to(torch.float32).contiguous()
+    b = bias.to(torch.float32).contiguous() if bias is not None else None
+    out = torch.empty(m, n, dtype=out_dtype)
+    done = lib.inductor_quant_int8_block_gemm(
+        x.data_ptr(),
+        q.data_ptr(),
+        s.data_ptr(),
+        k // scale.shape[1],
         b.data_ptr() if b is not None else None,
         out.data_ptr(),
         m,

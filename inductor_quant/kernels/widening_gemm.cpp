@@ -1,10 +1,12 @@
 // Prefill GEMM for weight-only quantized linears with bf16 activations, the weight widened to bf16 inside:
 //   int8: Y[m, n] = (sum_k X[m, k] * q[n, k]) * s[n] (+ b[n]),  q int8 [N, K], s fp32 [N];
 //   int4: Y[m, n] = sum_k X[m, k] * W[n, k] (+ b[n]),  W[n, k] = bf16((q[n, k] - zp[n, g]) * s[n, g]), g = k / GS,
-//         q two nibbles per byte [N, K / 2] (k = 2j low, 2j + 1 high), s / zp fp32 [N, K / GS].
+//         q two nibbles per byte [N, K / 2] (k = 2j low, 2j + 1 high), s / zp fp32 [N, K / GS];
+//   int8 blockwise: the same with W[n, k] = bf16(q[n, k] * s[n, g]), q int8 [N, K], s fp32 [N, K / GS].
 // X bf16 [M, K], b fp32 [N]. int8 values are exact in bf16 and bf16 x bf16 products exact in fp32, so the int8
 // sums are those of the float weight q * s up to fp32 summation order, the scale applied once per output; the int4
-// weight is rounded to bf16 exactly as the eager dequantize does (fp32 math, one rounding). One rounding to Y's dtype.
+// and blockwise weights are rounded to bf16 exactly as the eager dequantizes do (fp32 math, one rounding). One
+// rounding to Y's dtype.
 //
 // The weight is never widened as a whole: threads take panels of NP = 64 output columns; for each KC-deep slice of
 // a panel the quantized rows are converted once into bf16 pairs (32-bit lane c of pair p holds W[n0 + c, 2p] and
@@ -61,6 +63,24 @@ inline __m512i pairs_to_bf16(__m512i v) {
                                      _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)), 0xD8);  // C ? B : A
 }
 
+// two fp32 vectors (k even, k odd) -> bf16 pairs, rounded to nearest even
+inline __m512i round_pairs(__m512 lo, __m512 hi) {
+    const __m512i lo16 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
+    const __m512i hi16 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi));
+    return _mm512_or_si512(lo16, _mm512_slli_epi32(hi16, 16));
+}
+
+// coefficient g of the 16 rows n0 .. n0 + 15 of a [N, G] fp32 tensor (rows past N: 0)
+inline __m512 group_column(const float* t, int64_t n0, int64_t N, int64_t G, int64_t g) {
+    const int64_t rows = std::min<int64_t>(16, N - n0);
+    const __mmask16 live = static_cast<__mmask16>(rows >= 16 ? 0xFFFF : rows > 0 ? (1u << rows) - 1 : 0);
+    const __m512i at = _mm512_add_epi32(
+        _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                           _mm512_set1_epi32(static_cast<int>(G))),
+        _mm512_set1_epi32(static_cast<int>(g)));
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, at, t + std::min(n0, N) * G, 4);
+}
+
 // Packers: bp[p * NP + c] = bf16 pair (W[n0 + c, k0 + 2p], W[n0 + c, k0 + 2p + 1]) for c < NP, 2p < kc (kc a
 // multiple of 32); columns past N are zero.
 struct Int8Weight {
@@ -91,34 +111,49 @@ struct Int4Weight {
     void pack(int64_t n0, int64_t k0, int64_t kc, uint32_t* bp) const {
         const int64_t G = K / GS;
         const __m512i nib = _mm512_set1_epi32(0xF);
-        for (int64_t cb = 0; cb < NP; cb += 16) {
-            const int64_t rows = std::min<int64_t>(16, N - (n0 + cb));
-            const __mmask16 live = static_cast<__mmask16>(rows >= 16 ? 0xFFFF : rows > 0 ? (1u << rows) - 1 : 0);
-            const __m512i row_at = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                                      _mm512_set1_epi32(static_cast<int>(G)));
+        for (int64_t cb = 0; cb < NP; cb += 16)
             for (int64_t k = 0; k < kc; k += 32) {  // 32 k = 16 bytes = 16 pairs of each row, all in one group
                 const int64_t g = (k0 + k) / GS;
-                const __m512i at = _mm512_add_epi32(row_at, _mm512_set1_epi32(static_cast<int>(g)));
-                const float* s_rows = s + (n0 + cb) * G;
-                const float* z_rows = zp + (n0 + cb) * G;
-                const __m512 vs = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, at, s_rows, 4);
-                const __m512 vz = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, at, z_rows, 4);
+                const __m512 vs = group_column(s, n0 + cb, N, G, g), vz = group_column(zp, n0 + cb, N, G, g);
                 __m512i r[16];
                 for (int i = 0; i < 16; ++i) {
                     const int64_t n = n0 + cb + i;
-                    r[i] = i < rows ? _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + n * (K / 2) + (k0 + k) / 2)))
-                                    : _mm512_setzero_si512();
+                    r[i] = n < N ? _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + n * (K / 2) + (k0 + k) / 2)))
+                                 : _mm512_setzero_si512();
                 }
                 transpose16(r);  // r[j]: byte (pair) k / 2 + j of the 16 columns
                 for (int j = 0; j < 16; ++j) {
                     const __m512 lo = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_and_si512(r[j], nib)), vz), vs);
                     const __m512 hi = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(r[j], 4)), vz), vs);
-                    const __m512i lo16 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
-                    const __m512i hi16 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi));
-                    _mm512_store_si512(bp + (k / 2 + j) * NP + cb, _mm512_or_si512(lo16, _mm512_slli_epi32(hi16, 16)));
+                    _mm512_store_si512(bp + (k / 2 + j) * NP + cb, round_pairs(lo, hi));
                 }
             }
-        }
+    }
+};
+
+struct Int8BlockWeight {
+    const int8_t* q;
+    const float* s;
+    int64_t K, N, GS;
+
+    void pack(int64_t n0, int64_t k0, int64_t kc, uint32_t* bp) const {
+        const int64_t G = K / GS;
+        for (int64_t cb = 0; cb < NP; cb += 16)
+            for (int64_t k = 0; k < kc; k += 32) {  // 32 k of each row, all in one block
+                const __m512 vs = group_column(s, n0 + cb, N, G, (k0 + k) / GS);
+                __m512i r[16];
+                for (int i = 0; i < 16; ++i) {
+                    const int64_t n = n0 + cb + i;
+                    r[i] = n < N ? _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + n * K + k0 + k)))
+                                 : _mm512_setzero_si512();
+                }
+                transpose16(r);  // r[j]: pair k / 2 + j of the 16 columns, as two int16
+                for (int j = 0; j < 16; ++j) {
+                    const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(r[j], 16), 16)), vs);
+                    const __m512 hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(r[j], 16)), vs);
+                    _mm512_store_si512(bp + (k / 2 + j) * NP + cb, round_pairs(lo, hi));
+                }
+            }
     }
 };
 
@@ -220,6 +255,14 @@ extern "C" int64_t inductor_quant_int4_gemm(const uint16_t* x, const uint8_t* q,
     widening_gemm(Int4Weight{q, s, zp, K, N, group_size}, x, nullptr, b, y, M, N, K, out_kind, num_threads);
     return 1;
 }
+
+extern "C" int64_t inductor_quant_int8_block_gemm(const uint16_t* x, const int8_t* q, const float* s,
+                                                  int64_t block_size, const float* b, void* y, int64_t M, int64_t N,
+                                                  int64_t K, int64_t out_kind, int64_t num_threads) {
+    if (K % 32 != 0 || block_size % 32 != 0 || K % block_size != 0) return 0;
+    widening_gemm(Int8BlockWeight{q, s, K, N, block_size}, x, nullptr, b, y, M, N, K, out_kind, num_threads);
+    return 1;
+}
 #else
 extern "C" int64_t inductor_quant_int8_gemm(const uint16_t*, const int8_t*, const float*, const float*, void*,
                                             int64_t, int64_t, int64_t, int64_t, int64_t) {
@@ -228,6 +271,11 @@ extern "C" int64_t inductor_quant_int8_gemm(const uint16_t*, const int8_t*, cons
 
 extern "C" int64_t inductor_quant_int4_gemm(const uint16_t*, const uint8_t*, const float*, const float*, int64_t,
                                             const float*, void*, int64_t, int64_t, int64_t, int64_t, int64_t) {
+    return 0;
+}
+
+extern "C" int64_t inductor_quant_int8_block_gemm(const uint16_t*, const int8_t*, const float*, int64_t,
+                                                  const float*, void*, int64_t, int64_t, int64_t, int64_t, int64_t) {
     return 0;
 }
 #endif
