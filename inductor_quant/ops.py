@@ -42,9 +42,10 @@ DEQUANT_CHUNK_BYTES = 2 << 20
 
 
 def int8_dequant_mm(x, qweight, scale, bias=None, *, out_dtype=None):
-    """The prefill kernel of ``int8_weight_linear``. bf16 activations on the CPU: the native GEMM of
-    ``kernels/widening_gemm.cpp``, which widens the weight inside (0.8-0.9x of dense bf16 for the chunked path below,
-    ~1x for this one: benchmarks/bench_int8.py); otherwise dense GEMMs over exactly widened chunks of W."""
+    """The prefill kernel of ``int8_weight_linear``. On the CPU (K a multiple of 32): the native GEMM of
+    ``kernels/widening_gemm.cpp``, which widens the weight inside (bf16: ~1x dense bf16 where the chunked path below
+    measured 0.8-0.9x, benchmarks/bench_int8.py; fp32 / fp16 in fp32 FMAs: 2.4x / 7.7x dense fp32 / fp16 at
+    M = 512, 4096 x 4096); otherwise dense GEMMs over exactly widened chunks of W."""
     from .kernels import int8_gemm
 
     out = int8_gemm(x, qweight, scale, bias, out_dtype or x.dtype)
@@ -71,7 +72,7 @@ def int8_dequant_mm(x, qweight, scale, bias=None, *, out_dtype=None):
 # torch 2.15's CPU _weight_int8pack_mm is only right for K % 16 == 0: measured here, K = 8, 24, 40, 120 return
 # wrong values (up to inf) and K = 33, 100 crash the process. Other K take the dequantize path.
 ATEN_INT8_K_MULTIPLE = 16
-# Eager int8_weight_linear with bf16 activations takes the prefill GEMM above this many rows (the decode kernels'
+# Eager int8_weight_linear takes the prefill GEMM above this many rows (the decode kernels'
 # limit, templates/cpp/gemv.py's MAX_M).
 EAGER_GEMM_MIN_M = 32
 
@@ -94,12 +95,13 @@ def int8_weight_linear(
         out_dtype: dtype of the ``[M, N]`` result; ``None`` means ``x.dtype``.
 
     Eagerly this runs aten's int8 kernel ``_weight_int8pack_mm`` (it needs the scale in ``x.dtype``) when K is a
-    multiple of ``ATEN_INT8_K_MULTIPLE``, else ``int8_dequant_mm``; bf16 activations with more than
-    ``EAGER_GEMM_MIN_M`` rows take ``int8_dequant_mm``'s native GEMM (aten's kernel is GEMV-shaped: ~4x slower
-    there). Compiled, the lowering in ``inductor_quant/lowerings/int8.py`` picks a fused kernel.
+    multiple of ``ATEN_INT8_K_MULTIPLE``, else ``int8_dequant_mm``; activations with more than
+    ``EAGER_GEMM_MIN_M`` rows take ``int8_dequant_mm``'s native GEMM (aten's kernel is GEMV-shaped: at M = 512,
+    4096 x 4096, 2.6x slower in bf16 and ~80x in fp32 / fp16). Compiled, the lowering in
+    ``inductor_quant/lowerings/int8.py`` picks a fused kernel.
     """
     check_int8_linear_args(x, qweight, scale, bias)
-    if x.shape[1] % ATEN_INT8_K_MULTIPLE or (x.dtype == torch.bfloat16 and x.shape[0] > EAGER_GEMM_MIN_M):
+    if x.shape[1] % ATEN_INT8_K_MULTIPLE or x.shape[0] > EAGER_GEMM_MIN_M:
         return int8_dequant_mm(x, qweight, scale, bias, out_dtype=out_dtype)
     out = torch._weight_int8pack_mm(x.contiguous(), qweight.contiguous(), scale.to(x.dtype))
     if bias is not None:
@@ -220,10 +222,10 @@ def widened_chunks_mm(x, n, widen_rows, bias=None, out_dtype=None):
 
 
 def int4_dequant_mm(x, qdata, scale, zero_point, group_size, bias=None, *, out_dtype=None):
-    """The prefill kernel of ``int4_weight_linear``. bf16 activations on the CPU: the native GEMM of
-    ``kernels/widening_gemm.cpp``, which widens the weight to bf16 inside; otherwise dense GEMMs over chunks of W
-    widened to ``x.dtype`` (by the native kernel of ``kernels/int4_dequant.cpp``), each used while it is hot in
-    cache. Both round the weight to ``x.dtype`` exactly as ``int4_dequantize_rows`` does."""
+    """The prefill kernel of ``int4_weight_linear``. On the CPU (K a multiple of 32): the native GEMM of
+    ``kernels/widening_gemm.cpp``, which widens the weight inside; otherwise dense GEMMs over chunks of W widened to
+    ``x.dtype`` (by the native kernel of ``kernels/int4_dequant.cpp``), each used while it is hot in cache. Both
+    round the weight to ``x.dtype`` exactly as ``int4_dequantize_rows`` does."""
     from .kernels import int4_dequantize_rows, int4_gemm
 
     out = int4_gemm(x, qdata, scale, zero_point, group_size, bias, out_dtype or x.dtype)
@@ -601,7 +603,7 @@ def check_int8_blockwise_linear_args(x, qweight, scale, bias) -> None:
 
 def int8_blockwise_dequant_mm(x, qweight, scale, bias=None, *, out_dtype=None):
     """The kernel of ``int8_blockwise_linear``: W dequantized (``q * scale`` per block, in fp32, rounded once to
-    ``x.dtype``) inside the native widening GEMM (bf16 activations on the CPU, blocks a multiple of 32), else ~2 MiB
+    ``x.dtype``) inside the native widening GEMM (on the CPU, blocks a multiple of 32), else ~2 MiB
     of rows at a time, each chunk multiplied by the dense GEMM while it is hot in cache."""
     from .kernels import int8_block_gemm
 

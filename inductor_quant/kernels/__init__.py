@@ -1,9 +1,8 @@
 """Native helper kernels for the eager ops, compiled on first use with Inductor's own C++ toolchain.
 
-``int4_dequant.cpp`` widens rows of an int4 weight (the prefill path of ``int4_weight_linear``);
 ``widening_gemm.cpp`` is the prefill GEMM of ``int8_weight_linear``, ``int4_weight_linear`` and
-``int8_blockwise_linear`` for bf16 activations
-(the weight widened to bf16 inside it, a slice at a time);
+``int8_blockwise_linear`` (the weight widened inside it, a slice at a time);
+``int4_dequant.cpp`` widens rows of an int4 weight (the prefill fallback where that GEMM does not apply);
 ``int4_lanes.cpp`` repacks int4 nibbles into the W4A8 lane layout at compile time (the prepack pass). They are
 compiled by ``torch._inductor.codecache.CppCodeCache`` (same compiler, flags and on-disk cache as Inductor's CPU kernels);
 where that is not possible (no compiler, a non-CPU tensor) the same numbers come from torch ops, more slowly.
@@ -97,59 +96,40 @@ def _widening_gemm_lib():
     except Exception as e:  # noqa: BLE001 - any build failure means: use the torch fallback
         log.warning("widening GEMM kernels could not be built (%s); using torch ops instead", e)
         return None
-    lib.inductor_quant_int8_gemm.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5
-    lib.inductor_quant_int4_gemm.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] + [ctypes.c_void_p] * 2
-    lib.inductor_quant_int4_gemm.argtypes += [ctypes.c_int64] * 5
-    lib.inductor_quant_int8_block_gemm.argtypes = (
-        [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 2
-    )
-    lib.inductor_quant_int8_block_gemm.argtypes += [ctypes.c_int64] * 5
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.inductor_quant_int8_gemm.argtypes = [i64] + [ptr] * 5 + [i64] * 5
+    lib.inductor_quant_int4_gemm.argtypes = [i64] + [ptr] * 4 + [i64] + [ptr] * 2 + [i64] * 5
+    lib.inductor_quant_int8_block_gemm.argtypes = [i64] + [ptr] * 3 + [i64] + [ptr] * 2 + [i64] * 5
     for fn in (
         lib.inductor_quant_int8_gemm,
         lib.inductor_quant_int4_gemm,
         lib.inductor_quant_int8_block_gemm,
     ):
-        fn.restype = ctypes.c_int64
+        fn.restype = i64
     return lib
 
 
-def _widening_gemm_applies(x: torch.Tensor, out_dtype: torch.dtype):
-    """The library when the native GEMM serves ``x`` (bf16 on the CPU, K a non-zero multiple of 32), else None."""
-    if (
-        x.dtype != torch.bfloat16
-        or x.device.type != "cpu"
-        or x.shape[1] % 32 != 0
-        or x.shape[1] == 0
-        or out_dtype not in _OUT_KIND
-    ):
+# how the native GEMM computes for each activation dtype (widening_gemm.cpp's Compute)
+_COMPUTE = {torch.bfloat16: 0, torch.float32: 1, torch.float16: 2}
+
+
+def _widening_gemm(entry: str, x: torch.Tensor, n: int, weight_args, bias, out_dtype) -> torch.Tensor | None:
+    """Run ``widening_gemm.cpp``'s ``entry`` on ``x [M, K]``; None where it does not apply (not a CPU tensor, K not
+    a non-zero multiple of 32, no AVX512-BF16 in this build, a shape the entry declines)."""
+    if x.device.type != "cpu" or x.shape[1] % 32 != 0 or x.shape[1] == 0 or out_dtype not in _OUT_KIND:
         return None
-    return _widening_gemm_lib()
-
-
-def int8_gemm(
-    x: torch.Tensor,
-    qweight: torch.Tensor,
-    scale: torch.Tensor,
-    bias: torch.Tensor | None,
-    out_dtype: torch.dtype,
-) -> torch.Tensor | None:
-    """``(x @ qweight.T) * scale (+ bias)`` for bf16 ``x [M, K]`` and int8 ``qweight [N, K]`` on the CPU, by the
-    native kernel of ``widening_gemm.cpp``; ``None`` where it does not apply (another dtype or device, K not a multiple
-    of 32, no AVX512-BF16 in this build): the caller computes it another way."""
-    lib = _widening_gemm_applies(x, out_dtype)
+    lib = _widening_gemm_lib()
     if lib is None:
         return None
     m, k = x.shape
-    n = qweight.shape[0]
-    x = x.contiguous()
-    q = qweight.contiguous()
-    s = scale.to(torch.float32).contiguous()
+    # fp16 activations are widened to fp32 (exact) and multiplied in fp32, the weight rounded to fp16 as eagerly
+    xk = x.float().contiguous() if x.dtype == torch.float16 else x.contiguous()
     b = bias.to(torch.float32).contiguous() if bias is not None else None
     out = torch.empty(m, n, dtype=out_dtype)
-    done = lib.inductor_quant_int8_gemm(
-        x.data_ptr(),
-        q.data_ptr(),
-        s.data_ptr(),
+    done = getattr(lib, entry)(
+        _COMPUTE[x.dtype],
+        xk.data_ptr(),
+        *weight_args,
         b.data_ptr() if b is not None else None,
         out.data_ptr(),
         m,
@@ -159,6 +139,23 @@ def int8_gemm(
         torch.get_num_threads(),
     )
     return out if done else None
+
+
+def int8_gemm(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """``(x @ qweight.T) * scale (+ bias)`` for ``x [M, K]`` (bf16: bf16 dot products; fp32 / fp16: fp32 FMAs) and
+    int8 ``qweight [N, K]`` on the CPU, by the native kernel of ``widening_gemm.cpp``; ``None`` where it does not
+    apply (see ``_widening_gemm``): the caller computes it another way."""
+    q = qweight.contiguous()
+    s = scale.to(torch.float32).contiguous()
+    return _widening_gemm(
+        "inductor_quant_int8_gemm", x, q.shape[0], (q.data_ptr(), s.data_ptr()), bias, out_dtype
+    )
 
 
 def int4_gemm(
@@ -170,35 +167,14 @@ def int4_gemm(
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
 ) -> torch.Tensor | None:
-    """``x @ W.T (+ bias)`` for bf16 ``x [M, K]`` and the int4 groupwise weight, ``W`` rounded to bf16 as
+    """``x @ W.T (+ bias)`` for ``x [M, K]`` and the int4 groupwise weight, ``W`` rounded to ``x.dtype`` as
     ``int4_dequantize_rows`` does, by the native kernel of ``widening_gemm.cpp``; ``None`` where it does not apply
-    (as ``int8_gemm``)."""
-    lib = _widening_gemm_applies(x, out_dtype)
-    if lib is None:
-        return None
-    m, k = x.shape
-    n = qdata.shape[0]
-    x = x.contiguous()
+    (as ``int8_gemm``, and groups that are not a multiple of 32)."""
     q = qdata.contiguous()
     s = scale.to(torch.float32).contiguous()
     z = zero_point.to(torch.float32).contiguous()
-    b = bias.to(torch.float32).contiguous() if bias is not None else None
-    out = torch.empty(m, n, dtype=out_dtype)
-    done = lib.inductor_quant_int4_gemm(
-        x.data_ptr(),
-        q.data_ptr(),
-        s.data_ptr(),
-        z.data_ptr(),
-        group_size,
-        b.data_ptr() if b is not None else None,
-        out.data_ptr(),
-        m,
-        n,
-        k,
-        _OUT_KIND[out_dtype],
-        torch.get_num_threads(),
-    )
-    return out if done else None
+    args = (q.data_ptr(), s.data_ptr(), z.data_ptr(), group_size)
+    return _widening_gemm("inductor_quant_int4_gemm", x, q.shape[0], args, bias, out_dtype)
 
 
 def int8_block_gemm(
@@ -208,32 +184,12 @@ def int8_block_gemm(
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
 ) -> torch.Tensor | None:
-    """``x @ W.T (+ bias)`` for bf16 ``x [M, K]`` and the blockwise int8 weight ``W[n, k] = q[n, k] * scale[n, g]``
-    (``scale [N, G]``, blocks of ``K / G``), ``W`` rounded to bf16 as ``int8_blockwise_dequant_mm`` does, by the
-    native kernel of ``widening_gemm.cpp``; ``None`` where it does not apply (as ``int8_gemm``, and blocks that are
-    not a multiple of 32)."""
-    lib = _widening_gemm_applies(x, out_dtype)
+    """``x @ W.T (+ bias)`` for ``x [M, K]`` and the blockwise int8 weight ``W[n, k] = q[n, k] * scale[n, g]``
+    (``scale [N, G]``, blocks of ``K / G``), ``W`` rounded to ``x.dtype`` as ``int8_blockwise_dequant_mm`` does, by
+    the native kernel of ``widening_gemm.cpp``; ``None`` where it does not apply (as ``int8_gemm``, and blocks that
+    are not a multiple of 32)."""
     n, k = qweight.shape
-    scale = scale.reshape(n, -1)
-    if lib is None or (k // scale.shape[1]) % 32 != 0:
-        return None
-    m = x.shape[0]
-    x = x.contiguous()
     q = qweight.contiguous()
-    s = scale.to(torch.float32).contiguous()
-    b = bias.to(torch.float32).contiguous() if bias is not None else None
-    out = torch.empty(m, n, dtype=out_dtype)
-    done = lib.inductor_quant_int8_block_gemm(
-        x.data_ptr(),
-        q.data_ptr(),
-        s.data_ptr(),
-        k // scale.shape[1],
-        b.data_ptr() if b is not None else None,
-        out.data_ptr(),
-        m,
-        n,
-        k,
-        _OUT_KIND[out_dtype],
-        torch.get_num_threads(),
-    )
-    return out if done else None
+    s = scale.reshape(n, -1).to(torch.float32).contiguous()
+    args = (q.data_ptr(), s.data_ptr(), k // s.shape[1])
+    return _widening_gemm("inductor_quant_int8_block_gemm", x, n, args, bias, out_dtype)

@@ -1,20 +1,20 @@
-// Prefill GEMM for weight-only quantized linears with bf16 activations, the weight widened to bf16 inside:
+// Prefill GEMM for weight-only quantized linears, the weight widened inside it (never as a whole):
 //   int8: Y[m, n] = (sum_k X[m, k] * q[n, k]) * s[n] (+ b[n]),  q int8 [N, K], s fp32 [N];
-//   int4: Y[m, n] = sum_k X[m, k] * W[n, k] (+ b[n]),  W[n, k] = bf16((q[n, k] - zp[n, g]) * s[n, g]), g = k / GS,
+//   int4: Y[m, n] = sum_k X[m, k] * W[n, k] (+ b[n]),  W[n, k] = (q[n, k] - zp[n, g]) * s[n, g], g = k / GS,
 //         q two nibbles per byte [N, K / 2] (k = 2j low, 2j + 1 high), s / zp fp32 [N, K / GS];
-//   int8 blockwise: the same with W[n, k] = bf16(q[n, k] * s[n, g]), q int8 [N, K], s fp32 [N, K / GS].
-// X bf16 [M, K], b fp32 [N]. int8 values are exact in bf16 and bf16 x bf16 products exact in fp32, so the int8
-// sums are those of the float weight q * s up to fp32 summation order, the scale applied once per output; the int4
-// and blockwise weights are rounded to bf16 exactly as the eager dequantizes do (fp32 math, one rounding). One
-// rounding to Y's dtype.
+//   int8 blockwise: the same with W[n, k] = q[n, k] * s[n, g], q int8 [N, K], s fp32 [N, K / GS].
+// b fp32 [N]. The int4 and blockwise W are computed in fp32 and rounded once to the activations' dtype, exactly as
+// the eager dequantizes do; int8 values are exact in every dtype and its scale is applied once per output. Sums in
+// fp32, one rounding to Y's dtype (fp32 / bf16 / fp16).
 //
-// The weight is never widened as a whole: threads take panels of NP = 64 output columns; for each KC-deep slice of
-// a panel the quantized rows are converted once into bf16 pairs (32-bit lane c of pair p holds W[n0 + c, 2p] and
-// W[n0 + c, 2p + 1]: the operand layout of vdpbf16ps) and the micro-kernel runs every row block of X against it:
-// MR = 6 rows x 4 vectors of 16 columns = 24 fp32 accumulators, each step one broadcast pair of X per row and 4
-// vectors of the packed weight. Converting costs a few percent of the arithmetic at M = 256.
-// Each entry point returns 1 when it computed Y, 0 when this build has no AVX512-BF16 or K is not a multiple of 32
-// (the caller then uses its fallback).
+// Threads take panels of NP = 64 output columns; each KC-deep slice of a panel is converted once into the compute
+// layout and the micro-kernel runs every row block of X against it: MR = 6 rows x 4 vectors of 16 columns = 24 fp32
+// accumulators, each step one broadcast element of X per row and 4 vectors of the packed weight. Two computes:
+//   * bf16 X: `vdpbf16ps` on bf16 pairs (32-bit lane c of pair p holds W[n0 + c, 2p] and W[n0 + c, 2p + 1]);
+//   * fp32 X (and fp16 X, widened to fp32 by the caller, W rounded through fp16): fp32 FMAs on fp32 columns.
+// Converting costs a few percent of the arithmetic at M = 256. Each entry point returns 1 when it computed Y, 0 when
+// this build has no AVX512-BF16 or the shape is not served (K or the group not a multiple of 32): the caller then
+// uses its fallback.
 #include <immintrin.h>
 #include <algorithm>
 #include <cstdint>
@@ -23,9 +23,17 @@
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
 namespace {
-constexpr int64_t NP = 64;    // output columns per panel
-constexpr int64_t MR = 6;     // rows of X per micro-kernel call
-constexpr int64_t KC = 1024;  // k per slice: the packed slice (128 KiB) stays in L2, 6 rows of X (12 KiB) in L1
+constexpr int64_t NP = 64;  // output columns per panel
+constexpr int64_t MR = 6;   // rows of X per micro-kernel call
+// A packed slice is 128 KiB (it stays in L2; 6 rows of X's slice, 12 KiB, in L1): 1024 k of bf16 pairs, 512 of fp32.
+constexpr int64_t SLICE_BYTES = 128 << 10;
+
+enum Compute { BF16 = 0, F32 = 1, F32_VIA_F16 = 2 };  // F32_VIA_F16: fp16 X given as fp32, W rounded to fp16
+
+template <int C>
+constexpr int64_t slice_depth() {
+    return SLICE_BYTES / (NP * 4) * (C == BF16 ? 2 : 1);
+}
 
 // r[i] holds 16 dwords of row i; afterwards r[j] holds dword j of every row (a 16 x 16 transpose)
 inline void transpose16(__m512i r[16]) {
@@ -54,15 +62,6 @@ inline void transpose16(__m512i r[16]) {
     }
 }
 
-// 32-bit lanes holding two int16 (sign-extended int8) -> the same two values as bf16 (exact: |v| <= 128)
-inline __m512i pairs_to_bf16(__m512i v) {
-    const __m512 lo = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v, 16), 16));
-    const __m512 hi = _mm512_cvtepi32_ps(_mm512_srai_epi32(v, 16));
-    // bf16 of an exactly representable fp32 is its upper half: lane = hi[31:16] : lo[31:16]
-    return _mm512_ternarylogic_epi32(_mm512_srli_epi32(_mm512_castps_si512(lo), 16), _mm512_castps_si512(hi),
-                                     _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)), 0xD8);  // C ? B : A
-}
-
 // two fp32 vectors (k even, k odd) -> bf16 pairs, rounded to nearest even
 inline __m512i round_pairs(__m512 lo, __m512 hi) {
     const __m512i lo16 = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
@@ -81,24 +80,22 @@ inline __m512 group_column(const float* t, int64_t n0, int64_t N, int64_t G, int
     return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, at, t + std::min(n0, N) * G, 4);
 }
 
-// Packers: bp[p * NP + c] = bf16 pair (W[n0 + c, k0 + 2p], W[n0 + c, k0 + 2p + 1]) for c < NP, 2p < kc (kc a
-// multiple of 32); columns past N are zero.
+// Weight sources: run(n, k, v) sets v[i] = W[n .. n + 16, k + i] in fp32 for i < 32 (one 32-deep run of 16 rows,
+// all in one group / block; rows past N are zero).
 struct Int8Weight {
     const int8_t* q;
     int64_t K, N;
 
-    void pack(int64_t n0, int64_t k0, int64_t kc, uint32_t* bp) const {
-        for (int64_t cb = 0; cb < NP; cb += 16)
-            for (int64_t k = 0; k < kc; k += 32) {
-                __m512i r[16];
-                for (int i = 0; i < 16; ++i) {
-                    const int64_t n = n0 + cb + i;
-                    r[i] = n < N ? _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + n * K + k0 + k)))
-                                 : _mm512_setzero_si512();
-                }
-                transpose16(r);  // r[j]: pair k / 2 + j of the 16 columns
-                for (int j = 0; j < 16; ++j) _mm512_store_si512(bp + (k / 2 + j) * NP + cb, pairs_to_bf16(r[j]));
-            }
+    void run(int64_t n, int64_t k, __m512 v[32]) const {
+        __m512i r[16];
+        for (int i = 0; i < 16; ++i)
+            r[i] = n + i < N ? _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + (n + i) * K + k)))
+                             : _mm512_setzero_si512();
+        transpose16(r);  // r[j]: k + 2j and k + 2j + 1 of the 16 rows, as two int16
+        for (int j = 0; j < 16; ++j) {
+            v[2 * j] = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(r[j], 16), 16));
+            v[2 * j + 1] = _mm512_cvtepi32_ps(_mm512_srai_epi32(r[j], 16));
+        }
     }
 };
 
@@ -108,87 +105,104 @@ struct Int4Weight {
     const float* zp;
     int64_t K, N, GS;
 
-    void pack(int64_t n0, int64_t k0, int64_t kc, uint32_t* bp) const {
-        const int64_t G = K / GS;
+    void run(int64_t n, int64_t k, __m512 v[32]) const {
+        const __m512 vs = group_column(s, n, N, K / GS, k / GS), vz = group_column(zp, n, N, K / GS, k / GS);
         const __m512i nib = _mm512_set1_epi32(0xF);
-        for (int64_t cb = 0; cb < NP; cb += 16)
-            for (int64_t k = 0; k < kc; k += 32) {  // 32 k = 16 bytes = 16 pairs of each row, all in one group
-                const int64_t g = (k0 + k) / GS;
-                const __m512 vs = group_column(s, n0 + cb, N, G, g), vz = group_column(zp, n0 + cb, N, G, g);
-                __m512i r[16];
-                for (int i = 0; i < 16; ++i) {
-                    const int64_t n = n0 + cb + i;
-                    r[i] = n < N ? _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + n * (K / 2) + (k0 + k) / 2)))
-                                 : _mm512_setzero_si512();
-                }
-                transpose16(r);  // r[j]: byte (pair) k / 2 + j of the 16 columns
-                for (int j = 0; j < 16; ++j) {
-                    const __m512 lo = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_and_si512(r[j], nib)), vz), vs);
-                    const __m512 hi = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(r[j], 4)), vz), vs);
-                    _mm512_store_si512(bp + (k / 2 + j) * NP + cb, round_pairs(lo, hi));
-                }
-            }
+        __m512i r[16];
+        for (int i = 0; i < 16; ++i)
+            r[i] = n + i < N ? _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + (n + i) * (K / 2) + k / 2)))
+                             : _mm512_setzero_si512();
+        transpose16(r);  // r[j]: byte k / 2 + j (k + 2j low nibble, k + 2j + 1 high) of the 16 rows
+        for (int j = 0; j < 16; ++j) {
+            v[2 * j] = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_and_si512(r[j], nib)), vz), vs);
+            v[2 * j + 1] = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(r[j], 4)), vz), vs);
+        }
     }
 };
 
 struct Int8BlockWeight {
-    const int8_t* q;
+    Int8Weight values;
     const float* s;
-    int64_t K, N, GS;
+    int64_t GS;
 
-    void pack(int64_t n0, int64_t k0, int64_t kc, uint32_t* bp) const {
-        const int64_t G = K / GS;
-        for (int64_t cb = 0; cb < NP; cb += 16)
-            for (int64_t k = 0; k < kc; k += 32) {  // 32 k of each row, all in one block
-                const __m512 vs = group_column(s, n0 + cb, N, G, (k0 + k) / GS);
-                __m512i r[16];
-                for (int i = 0; i < 16; ++i) {
-                    const int64_t n = n0 + cb + i;
-                    r[i] = n < N ? _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + n * K + k0 + k)))
-                                 : _mm512_setzero_si512();
-                }
-                transpose16(r);  // r[j]: pair k / 2 + j of the 16 columns, as two int16
-                for (int j = 0; j < 16; ++j) {
-                    const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(r[j], 16), 16)), vs);
-                    const __m512 hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(r[j], 16)), vs);
-                    _mm512_store_si512(bp + (k / 2 + j) * NP + cb, round_pairs(lo, hi));
-                }
-            }
+    void run(int64_t n, int64_t k, __m512 v[32]) const {
+        const __m512 vs = group_column(s, n, values.N, values.K / GS, k / GS);
+        values.run(n, k, v);
+        for (int i = 0; i < 32; ++i) v[i] = _mm512_mul_ps(v[i], vs);
     }
 };
 
-// c[m][0..64) (+)= sum over np pairs of X[m] . packed columns, for R rows of X
-template <int R>
-inline void micro_kernel(const uint16_t* x, int64_t ldx, const uint32_t* bp, int64_t np, float* c, bool first) {
+// Convert W[n0 .. n0 + 64, k0 .. k0 + kc) (kc a multiple of 32) into the compute layout: bf16 pairs at
+// bp[(k / 2) * NP + c] (rounded to nearest even), or fp32 at bp[k * NP + c]
+template <int C, typename Weight>
+void pack_slice(const Weight& w, int64_t n0, int64_t k0, int64_t kc, uint32_t* bp) {
+    __m512 v[32];
+    for (int64_t cb = 0; cb < NP; cb += 16)
+        for (int64_t k = 0; k < kc; k += 32) {
+            w.run(n0 + cb, k0 + k, v);
+            if constexpr (C == BF16) {
+                for (int j = 0; j < 16; ++j) _mm512_store_si512(bp + (k / 2 + j) * NP + cb, round_pairs(v[2 * j], v[2 * j + 1]));
+            } else {
+                for (int i = 0; i < 32; ++i) {
+                    __m512 f = v[i];
+                    if constexpr (C == F32_VIA_F16) f = _mm512_cvtph_ps(_mm512_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+                    _mm512_store_ps(reinterpret_cast<float*>(bp) + (k + i) * NP + cb, f);
+                }
+            }
+        }
+}
+
+// c[m][0..64) (+)= X[m, slice] . packed columns, for R rows of X: bf16 pairs (np = depth / 2 steps) or fp32
+template <int C, int R>
+inline void micro_kernel(const void* xv, int64_t ldx, const uint32_t* bp, int64_t depth, float* c, bool first) {
     __m512 acc[R][4];
     for (int m = 0; m < R; ++m)
         for (int j = 0; j < 4; ++j) acc[m][j] = first ? _mm512_setzero_ps() : _mm512_load_ps(c + m * NP + 16 * j);
-    for (int64_t p = 0; p < np; ++p) {
-        const uint32_t* b = bp + p * NP;
-        const __m512bh b0 = (__m512bh)_mm512_load_si512(b), b1 = (__m512bh)_mm512_load_si512(b + 16);
-        const __m512bh b2 = (__m512bh)_mm512_load_si512(b + 32), b3 = (__m512bh)_mm512_load_si512(b + 48);
-        for (int m = 0; m < R; ++m) {
-            int32_t pair;
-            std::memcpy(&pair, x + m * ldx + 2 * p, 4);
-            const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
-            acc[m][0] = _mm512_dpbf16_ps(acc[m][0], a, b0);
-            acc[m][1] = _mm512_dpbf16_ps(acc[m][1], a, b1);
-            acc[m][2] = _mm512_dpbf16_ps(acc[m][2], a, b2);
-            acc[m][3] = _mm512_dpbf16_ps(acc[m][3], a, b3);
+    if constexpr (C == BF16) {
+        const uint16_t* x = static_cast<const uint16_t*>(xv);
+        for (int64_t p = 0; p < depth / 2; ++p) {
+            const uint32_t* b = bp + p * NP;
+            const __m512bh b0 = (__m512bh)_mm512_load_si512(b), b1 = (__m512bh)_mm512_load_si512(b + 16);
+            const __m512bh b2 = (__m512bh)_mm512_load_si512(b + 32), b3 = (__m512bh)_mm512_load_si512(b + 48);
+            for (int m = 0; m < R; ++m) {
+                int32_t pair;
+                std::memcpy(&pair, x + m * ldx + 2 * p, 4);
+                const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
+                acc[m][0] = _mm512_dpbf16_ps(acc[m][0], a, b0);
+                acc[m][1] = _mm512_dpbf16_ps(acc[m][1], a, b1);
+                acc[m][2] = _mm512_dpbf16_ps(acc[m][2], a, b2);
+                acc[m][3] = _mm512_dpbf16_ps(acc[m][3], a, b3);
+            }
+        }
+    } else {
+        const float* x = static_cast<const float*>(xv);
+        const float* bf = reinterpret_cast<const float*>(bp);
+        for (int64_t k = 0; k < depth; ++k) {
+            const float* b = bf + k * NP;
+            const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+            const __m512 b2 = _mm512_load_ps(b + 32), b3 = _mm512_load_ps(b + 48);
+            for (int m = 0; m < R; ++m) {
+                const __m512 a = _mm512_set1_ps(x[m * ldx + k]);
+                acc[m][0] = _mm512_fmadd_ps(a, b0, acc[m][0]);
+                acc[m][1] = _mm512_fmadd_ps(a, b1, acc[m][1]);
+                acc[m][2] = _mm512_fmadd_ps(a, b2, acc[m][2]);
+                acc[m][3] = _mm512_fmadd_ps(a, b3, acc[m][3]);
+            }
         }
     }
     for (int m = 0; m < R; ++m)
         for (int j = 0; j < 4; ++j) _mm512_store_ps(c + m * NP + 16 * j, acc[m][j]);
 }
 
-void row_block(int64_t rows, const uint16_t* x, int64_t ldx, const uint32_t* bp, int64_t np, float* c, bool first) {
+template <int C>
+void row_block(int64_t rows, const void* x, int64_t ldx, const uint32_t* bp, int64_t depth, float* c, bool first) {
     switch (rows) {
-        case 6: micro_kernel<6>(x, ldx, bp, np, c, first); break;
-        case 5: micro_kernel<5>(x, ldx, bp, np, c, first); break;
-        case 4: micro_kernel<4>(x, ldx, bp, np, c, first); break;
-        case 3: micro_kernel<3>(x, ldx, bp, np, c, first); break;
-        case 2: micro_kernel<2>(x, ldx, bp, np, c, first); break;
-        default: micro_kernel<1>(x, ldx, bp, np, c, first); break;
+        case 6: micro_kernel<C, 6>(x, ldx, bp, depth, c, first); break;
+        case 5: micro_kernel<C, 5>(x, ldx, bp, depth, c, first); break;
+        case 4: micro_kernel<C, 4>(x, ldx, bp, depth, c, first); break;
+        case 3: micro_kernel<C, 3>(x, ldx, bp, depth, c, first); break;
+        case 2: micro_kernel<C, 2>(x, ldx, bp, depth, c, first); break;
+        default: micro_kernel<C, 1>(x, ldx, bp, depth, c, first); break;
     }
 }
 
@@ -214,23 +228,27 @@ void store_panel(const float* c, int64_t M, int64_t N, int64_t n0, int64_t cols,
     }
 }
 
-template <typename Weight>
-void widening_gemm(const Weight& w, const uint16_t* x, const float* s, const float* b, void* y, int64_t M, int64_t N,
-                   int64_t K, int64_t out_kind, int64_t num_threads) {
+template <int C, typename Weight>
+void widening_gemm_as(const Weight& w, const void* x, const float* s, const float* b, void* y, int64_t M, int64_t N,
+                      int64_t K, int64_t out_kind, int64_t num_threads) {
+    constexpr int64_t KC = slice_depth<C>();
+    const int64_t x_bytes = C == BF16 ? 2 : 4;
     const int64_t panels = (N + NP - 1) / NP;
     const int64_t row_blocks = (M + MR - 1) / MR;
 #pragma omp parallel num_threads(num_threads)
     {
-        uint32_t* bp = static_cast<uint32_t*>(std::aligned_alloc(64, KC / 2 * NP * sizeof(uint32_t)));
+        uint32_t* bp = static_cast<uint32_t*>(std::aligned_alloc(64, SLICE_BYTES));
         float* c = static_cast<float*>(std::aligned_alloc(64, row_blocks * MR * NP * sizeof(float)));
 #pragma omp for schedule(static)
         for (int64_t pn = 0; pn < panels; ++pn) {
             const int64_t n0 = pn * NP;
             for (int64_t k0 = 0; k0 < K; k0 += KC) {
                 const int64_t kc = std::min(KC, K - k0);
-                w.pack(n0, k0, kc, bp);
-                for (int64_t m = 0; m < M; m += MR)
-                    row_block(std::min(MR, M - m), x + m * K + k0, K, bp, kc / 2, c + m * NP, k0 == 0);
+                pack_slice<C>(w, n0, k0, kc, bp);
+                for (int64_t m = 0; m < M; m += MR) {
+                    const void* xm = static_cast<const char*>(x) + (m * K + k0) * x_bytes;
+                    row_block<C>(std::min(MR, M - m), xm, K, bp, kc, c + m * NP, k0 == 0);
+                }
             }
             store_panel(c, M, N, n0, std::min(NP, N - n0), s, b, y, out_kind);
         }
@@ -238,43 +256,54 @@ void widening_gemm(const Weight& w, const uint16_t* x, const float* s, const flo
         std::free(c);
     }
 }
+
+template <typename Weight>
+int64_t widening_gemm(int64_t compute, const Weight& w, const void* x, const float* s, const float* b, void* y,
+                      int64_t M, int64_t N, int64_t K, int64_t out_kind, int64_t num_threads) {
+    switch (compute) {
+        case BF16: widening_gemm_as<BF16>(w, x, s, b, y, M, N, K, out_kind, num_threads); return 1;
+        case F32: widening_gemm_as<F32>(w, x, s, b, y, M, N, K, out_kind, num_threads); return 1;
+        case F32_VIA_F16: widening_gemm_as<F32_VIA_F16>(w, x, s, b, y, M, N, K, out_kind, num_threads); return 1;
+        default: return 0;
+    }
+}
 }  // namespace
 
-extern "C" int64_t inductor_quant_int8_gemm(const uint16_t* x, const int8_t* q, const float* s, const float* b,
-                                            void* y, int64_t M, int64_t N, int64_t K, int64_t out_kind,
+// compute: 0 = bf16 X, 1 = fp32 X, 2 = fp16 X widened to fp32 by the caller (W rounded to fp16)
+extern "C" int64_t inductor_quant_int8_gemm(int64_t compute, const void* x, const int8_t* q, const float* s,
+                                            const float* b, void* y, int64_t M, int64_t N, int64_t K, int64_t out_kind,
                                             int64_t num_threads) {
     if (K % 32 != 0) return 0;
-    widening_gemm(Int8Weight{q, K, N}, x, s, b, y, M, N, K, out_kind, num_threads);
-    return 1;
+    return widening_gemm(compute, Int8Weight{q, K, N}, x, s, b, y, M, N, K, out_kind, num_threads);
 }
 
-extern "C" int64_t inductor_quant_int4_gemm(const uint16_t* x, const uint8_t* q, const float* s, const float* zp,
-                                            int64_t group_size, const float* b, void* y, int64_t M, int64_t N,
-                                            int64_t K, int64_t out_kind, int64_t num_threads) {
+extern "C" int64_t inductor_quant_int4_gemm(int64_t compute, const void* x, const uint8_t* q, const float* s,
+                                            const float* zp, int64_t group_size, const float* b, void* y, int64_t M,
+                                            int64_t N, int64_t K, int64_t out_kind, int64_t num_threads) {
     if (K % 32 != 0 || group_size % 32 != 0 || K % group_size != 0) return 0;
-    widening_gemm(Int4Weight{q, s, zp, K, N, group_size}, x, nullptr, b, y, M, N, K, out_kind, num_threads);
-    return 1;
+    return widening_gemm(compute, Int4Weight{q, s, zp, K, N, group_size}, x, nullptr, b, y, M, N, K, out_kind,
+                         num_threads);
 }
 
-extern "C" int64_t inductor_quant_int8_block_gemm(const uint16_t* x, const int8_t* q, const float* s,
+extern "C" int64_t inductor_quant_int8_block_gemm(int64_t compute, const void* x, const int8_t* q, const float* s,
                                                   int64_t block_size, const float* b, void* y, int64_t M, int64_t N,
                                                   int64_t K, int64_t out_kind, int64_t num_threads) {
     if (K % 32 != 0 || block_size % 32 != 0 || K % block_size != 0) return 0;
-    widening_gemm(Int8BlockWeight{q, s, K, N, block_size}, x, nullptr, b, y, M, N, K, out_kind, num_threads);
-    return 1;
+    return widening_gemm(compute, Int8BlockWeight{Int8Weight{q, K, N}, s, block_size}, x, nullptr, b, y, M, N, K,
+                         out_kind, num_threads);
 }
 #else
-extern "C" int64_t inductor_quant_int8_gemm(const uint16_t*, const int8_t*, const float*, const float*, void*,
+extern "C" int64_t inductor_quant_int8_gemm(int64_t, const void*, const int8_t*, const float*, const float*, void*,
                                             int64_t, int64_t, int64_t, int64_t, int64_t) {
     return 0;
 }
 
-extern "C" int64_t inductor_quant_int4_gemm(const uint16_t*, const uint8_t*, const float*, const float*, int64_t,
+extern "C" int64_t inductor_quant_int4_gemm(int64_t, const void*, const uint8_t*, const float*, const float*, int64_t,
                                             const float*, void*, int64_t, int64_t, int64_t, int64_t, int64_t) {
     return 0;
 }
 
-extern "C" int64_t inductor_quant_int8_block_gemm(const uint16_t*, const int8_t*, const float*, int64_t,
+extern "C" int64_t inductor_quant_int8_block_gemm(int64_t, const void*, const int8_t*, const float*, int64_t,
                                                   const float*, void*, int64_t, int64_t, int64_t, int64_t, int64_t) {
     return 0;
 }
