@@ -1,4 +1,4 @@
-"""int8 weight-only linears: quant_inductor vs stock Inductor vs dense bf16, side by side in one run.
+"""int8 weight-only linears: quant_inductor vs stock Inductor vs dense F.linear, side by side in one run.
 
 Decode (M = 1, 4, 16): a stack of distinct layers whose int8 weights exceed the last-level cache, each applied to
 the same [1, M, K] activations; reported as weight GB/s, its ratio to the memory read bandwidth measured in the
@@ -6,11 +6,13 @@ same rounds (benchmarks/read_bw.c: a prefetching AVX-512 read of 1 GiB, timed in
 because this machine's bandwidth drifts by tens of percent over minutes), and the ratio of our time to stock
 Inductor's best configuration. Compile times are cold (a fresh Inductor cache per compile, after one warm-up
 compile of a trivial function pays the process's one-time costs).
-Prefill (M = 256, 512): a few layers; TFLOP/s and the ratio to dense bf16 F.linear (eager, oneDNN).
+Prefill (M = 256, 512): a few layers; TFLOP/s and the ratio to dense F.linear (eager, oneDNN). Activations and
+the dense layers are bf16 unless --dtype says otherwise.
 Stock Inductor runs the gpt-fast form `F.linear(x, w.to(x.dtype)) * s` on the same int8 data, under each
 configuration in --stock (default, freezing, max-autotune: the last costs minutes of compile per shape).
 
     python benchmarks/bench_int8.py [--shapes 4096x4096,4096x11008,11008x4096] [--stock default,freezing]
+        [--dtype bf16|fp16|fp32]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import inductor_quant as iq
 from inductor_quant.demo.__main__ import HandWrittenInt8Linear
 from inductor_quant.demo.timing import interleaved_medians
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 STOCK_CONFIGS = {
     "default": {},
     "freezing": {"freezing": True},
@@ -138,7 +141,7 @@ def bench_shape(k, n, ms, count, dtype, stock_configs, probe, rounds):
 
 
 HEADER = (
-    "| K x N | M | layers | kernel | read BW GB/s | ours GB/s | ours / read BW | stock best (config) / read BW | dense bf16 / read BW "
+    "| K x N | M | layers | kernel | read BW GB/s | ours GB/s | ours / read BW | stock best (config) / read BW | dense / read BW "
     "| ours vs stock | ours TFLOP/s | ours vs dense | compile s (ours / stock) |"
 )
 
@@ -165,6 +168,7 @@ def main():
         "--stock", default="default,freezing", help=f"stock configs among {list(STOCK_CONFIGS)}"
     )
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="activation dtype")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     stock_configs = args.stock.split(",")
@@ -186,7 +190,7 @@ def main():
                 n,
                 [int(m) for m in args.decode_m.split(",")],
                 decode_layers,
-                torch.bfloat16,
+                DTYPES[args.dtype],
                 stock_configs,
                 probe,
                 args.rounds,
@@ -197,7 +201,7 @@ def main():
                 n,
                 [int(m) for m in args.prefill_m.split(",")],
                 args.prefill_layers,
-                torch.bfloat16,
+                DTYPES[args.dtype],
                 stock_configs,
                 probe,
                 max(3, args.rounds // 2),
