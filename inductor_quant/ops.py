@@ -72,9 +72,9 @@ def int8_dequant_mm(x, qweight, scale, bias=None, *, out_dtype=None):
 # torch 2.15's CPU _weight_int8pack_mm is only right for K % 16 == 0: measured here, K = 8, 24, 40, 120 return
 # wrong values (up to inf) and K = 33, 100 crash the process. Other K take the dequantize path.
 ATEN_INT8_K_MULTIPLE = 16
-# Eager int8_weight_linear takes the prefill GEMM above this many rows (the decode kernels'
-# limit, templates/cpp/gemv.py's MAX_M).
-EAGER_GEMM_MIN_M = 32
+# Eager int8_weight_linear with bf16 activations takes the prefill GEMM above this many rows (measured, 4096 x 4096:
+# aten's kernel 1.43 / 1.76 ms at M = 8 / 12, the GEMM 1.56 / 1.35 ms).
+EAGER_GEMM_MIN_M = 8
 
 
 @torch.library.custom_op("inductor_quant::int8_weight_linear", mutates_args=())
@@ -95,13 +95,14 @@ def int8_weight_linear(
         out_dtype: dtype of the ``[M, N]`` result; ``None`` means ``x.dtype``.
 
     Eagerly this runs aten's int8 kernel ``_weight_int8pack_mm`` (it needs the scale in ``x.dtype``) when K is a
-    multiple of ``ATEN_INT8_K_MULTIPLE``, else ``int8_dequant_mm``; activations with more than
-    ``EAGER_GEMM_MIN_M`` rows take ``int8_dequant_mm``'s native GEMM (aten's kernel is GEMV-shaped: at M = 512,
-    4096 x 4096, 2.6x slower in bf16 and ~80x in fp32 / fp16). Compiled, the lowering in
-    ``inductor_quant/lowerings/int8.py`` picks a fused kernel.
+    multiple of ``ATEN_INT8_K_MULTIPLE``, else ``int8_dequant_mm``; fp32 / fp16 activations, and bf16 ones with
+    more than ``EAGER_GEMM_MIN_M`` rows, take ``int8_dequant_mm``'s native GEMM (aten's kernel is GEMV-shaped and
+    slow outside bf16: 4096 x 4096 in fp32 / fp16 took 6 ms at M = 1 and ~200 ms at M = 32 against 1.1 / 3.6 ms;
+    in bf16 it is faster up to M ~ 10). Compiled, the lowering in ``inductor_quant/lowerings/int8.py`` picks a
+    fused kernel.
     """
     check_int8_linear_args(x, qweight, scale, bias)
-    if x.shape[1] % ATEN_INT8_K_MULTIPLE or x.shape[0] > EAGER_GEMM_MIN_M:
+    if x.shape[1] % ATEN_INT8_K_MULTIPLE or x.dtype != torch.bfloat16 or x.shape[0] > EAGER_GEMM_MIN_M:
         return int8_dequant_mm(x, qweight, scale, bias, out_dtype=out_dtype)
     out = torch._weight_int8pack_mm(x.contiguous(), qweight.contiguous(), scale.to(x.dtype))
     if bias is not None:
