@@ -22,16 +22,25 @@ log = logging.getLogger(__name__)
 _OUT_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
-@functools.cache
-def _int4_dequant_fn():
+def _build(file_name: str, what: str, **load_options):
+    """The compiled library of ``file_name`` (next to this module), or None, with a warning naming ``what``, where
+    it cannot be built: the callers then use their torch fallbacks."""
     from torch._inductor.codecache import CppCodeCache
 
-    source = (Path(__file__).parent / "int4_dequant.cpp").read_text()
+    source = (Path(__file__).parent / file_name).read_text()
     try:
-        fn = CppCodeCache.load(source, needs_vec_isa=True).inductor_quant_int4_dequant
+        return CppCodeCache.load(source, **load_options)
     except Exception as e:  # noqa: BLE001 - any build failure means: use the torch fallback
-        log.warning("int4 dequantize kernel could not be built (%s); using torch ops instead", e)
+        log.warning("%s could not be built (%s); using torch ops instead", what, e)
         return None
+
+
+@functools.cache
+def _int4_dequant_fn():
+    lib = _build("int4_dequant.cpp", "int4 dequantize kernel", needs_vec_isa=True)
+    if lib is None:
+        return None
+    fn = lib.inductor_quant_int4_dequant
     fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4
     fn.restype = None
     return fn
@@ -58,14 +67,10 @@ def int4_dequantize_rows(
 
 @functools.cache
 def _int4_lanes_fn():
-    from torch._inductor.codecache import CppCodeCache
-
-    source = (Path(__file__).parent / "int4_lanes.cpp").read_text()
-    try:
-        fn = CppCodeCache.load(source).inductor_quant_pack_int4_lanes
-    except Exception as e:  # noqa: BLE001 - any build failure means: use the torch fallback
-        log.warning("int4 lane packing kernel could not be built (%s); using torch ops instead", e)
+    lib = _build("int4_lanes.cpp", "int4 lane packing kernel")
+    if lib is None:
         return None
+    fn = lib.inductor_quant_pack_int4_lanes
     fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2
     fn.restype = None
     return fn
@@ -88,13 +93,8 @@ def pack_int4_lanes(qdata: torch.Tensor) -> torch.Tensor:
 
 @functools.cache
 def _widening_gemm_lib():
-    from torch._inductor.codecache import CppCodeCache
-
-    source = (Path(__file__).parent / "widening_gemm.cpp").read_text()
-    try:
-        lib = CppCodeCache.load(source, needs_vec_isa=True)
-    except Exception as e:  # noqa: BLE001 - any build failure means: use the torch fallback
-        log.warning("widening GEMM kernels could not be built (%s); using torch ops instead", e)
+    lib = _build("widening_gemm.cpp", "widening GEMM kernels", needs_vec_isa=True)
+    if lib is None:
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.inductor_quant_int8_gemm.argtypes = [i64] + [ptr] * 5 + [i64] * 5
