@@ -7,9 +7,9 @@ CPU (Inductor's C++ backend), decode (static M <= ``MAX_M``, K % 64 == 0): autot
     take its packed variant, the one choice there).
   Identical problems are tuned once per process.
 Prefill (M > ``MAX_M``, or M dynamic) and shapes the template does not take: ``dequant_mm``
-  (``ops.int4_dequant_mm``): for bf16 activations a native GEMM that widens the weight to bf16 slice by slice inside
-  (``kernels/widening_gemm.cpp``); otherwise rows of W widened to the activation dtype by a native kernel one chunk
-  at a time, each chunk multiplied by the dense GEMM while it is hot in cache. The float weight is never whole.
+  (``ops.int4_dequant_mm``): a native GEMM that widens the weight slice by slice inside, rounded to the activation
+  dtype (``kernels/widening_gemm.cpp``); for K % 32 != 0 rows of W widened by a native kernel one chunk at a time,
+  each chunk multiplied by the dense GEMM while it is hot in cache. The float weight is never whole.
 GPU (wherever Inductor takes Triton templates), any M: ``dequant_mm`` and the Triton template of
   ``templates/triton/int4_mm.py.jinja`` (group scales and zero points in its K loop, bias in its epilogue) in its
   decode or prefill block configs, K steps cut to the group.

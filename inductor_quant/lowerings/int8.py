@@ -5,11 +5,12 @@ CPU (Inductor's C++ backend), decode (static M <= ``MAX_M``): autotuned among, a
   * ``int8_gemv``: the CPP template of ``templates/cpp/int8_gemv.cpp`` on the row-major weight, scale and bias
     fused (frozen weights of decode graphs are prepacked before this and take its packed variant).
   Identical problems (same M, N, K, dtypes, bias) are tuned once per process: the winner is remembered.
-CPU prefill (M > ``MAX_M``, or M dynamic): ``dequant_mm`` (``ops.int8_dequant_mm``): for bf16 activations a native
-  GEMM that widens the weight slice by slice inside (``kernels/widening_gemm.cpp``); for fp32 / fp16 the weight is
-  widened to the activation dtype one chunk of rows at a time (exact for int8), each chunk multiplied by the dense
-  GEMM and scaled while it is hot in cache. The float weight is never whole, never stored. aten's kernel is not offered there: it is
-  a GEMV-style loop, ~4x slower than the dense GEMM at M >= 256 on this class of machine (benchmarks/).
+CPU prefill (M > ``MAX_M``, or M dynamic): ``dequant_mm`` (``ops.int8_dequant_mm``): a native GEMM that widens the
+  weight slice by slice inside (``kernels/widening_gemm.cpp``: bf16 dot products for bf16 activations, fp32 FMAs
+  for fp32 / fp16); for K % 32 != 0 the weight is widened to the activation dtype one chunk of rows at a time
+  (exact for int8), each chunk multiplied by the dense GEMM and scaled while it is hot in cache. The float weight is
+  never whole, never stored. aten's kernel is not offered there: it is a GEMV-style loop, 2.6x slower than the
+  GEMM at M = 512 in bf16 and ~80x in fp32 / fp16 on this class of machine.
 GPU (wherever Inductor takes Triton templates), any M: ``aten``, ``dequant_mm`` and the Triton template of
   ``templates/triton/int8_mm.py.jinja`` in its decode or prefill block configs (named
   ``triton_<BM>x<BN>x<BK>_w<warps>_s<stages>``), scale and bias in its epilogue, pointwise consumers fused.
