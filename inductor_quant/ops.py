@@ -34,10 +34,10 @@ def check_int8_linear_args(
         raise ValueError(f"bias must be a [{n}] float tensor, got shape {tuple(bias.shape)} of {bias.dtype}")
 
 
-# Rows of W widened per chunk in int8_dequant_mm: about 2 MiB of widened weight, which stays in cache for its GEMM
-# and (unlike a whole widened weight) is served from the heap instead of fresh pages. Eager sweep: 0.86-1.03x dense
-# bf16 F.linear at M = 256 / 512 for 4096x4096, 4096x11008, 11008x4096, against 0.3-0.56x unchunked; compiled, in
-# benchmarks/bench_int8.py: 0.81-0.88x.
+# Rows of W widened per chunk by the prefill fallback (shapes the widening GEMM does not take): about 2 MiB of
+# widened weight, which stays in cache for its GEMM and (unlike a whole widened weight) is served from the heap
+# instead of fresh pages. Eager sweep: 0.86-1.03x dense bf16 F.linear at M = 256 / 512 for 4096x4096, 4096x11008,
+# 11008x4096, against 0.3-0.56x unchunked; compiled, in benchmarks/bench_int8.py: 0.81-0.88x.
 DEQUANT_CHUNK_BYTES = 2 << 20
 
 

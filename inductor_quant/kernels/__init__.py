@@ -22,28 +22,32 @@ log = logging.getLogger(__name__)
 _OUT_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
-def _build(file_name: str, what: str, **load_options):
-    """The compiled library of ``file_name`` (next to this module), or None, with a warning naming ``what``, where
-    it cannot be built: the callers then use their torch fallbacks."""
+def _build(file_name: str, what: str, signatures: dict, **load_options):
+    """The compiled library of ``file_name`` (next to this module), its entry points typed by ``signatures``
+    (name -> (argtypes, restype)); None, with a warning naming ``what``, where it cannot be built: the callers then
+    use their torch fallbacks."""
     from torch._inductor.codecache import CppCodeCache
 
     source = (Path(__file__).parent / file_name).read_text()
     try:
-        return CppCodeCache.load(source, **load_options)
+        lib = CppCodeCache.load(source, **load_options)
     except Exception as e:  # noqa: BLE001 - any build failure means: use the torch fallback
         log.warning("%s could not be built (%s); using torch ops instead", what, e)
         return None
+    for name, (argtypes, restype) in signatures.items():
+        getattr(lib, name).argtypes = argtypes
+        getattr(lib, name).restype = restype
+    return lib
+
+
+_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 
 
 @functools.cache
 def _int4_dequant_fn():
-    lib = _build("int4_dequant.cpp", "int4 dequantize kernel", needs_vec_isa=True)
-    if lib is None:
-        return None
-    fn = lib.inductor_quant_int4_dequant
-    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4
-    fn.restype = None
-    return fn
+    signature = {"inductor_quant_int4_dequant": ([_PTR] * 4 + [_I64] * 4, None)}
+    lib = _build("int4_dequant.cpp", "int4 dequantize kernel", signature, needs_vec_isa=True)
+    return lib.inductor_quant_int4_dequant if lib is not None else None
 
 
 def int4_dequantize_rows(
@@ -67,13 +71,9 @@ def int4_dequantize_rows(
 
 @functools.cache
 def _int4_lanes_fn():
-    lib = _build("int4_lanes.cpp", "int4 lane packing kernel")
-    if lib is None:
-        return None
-    fn = lib.inductor_quant_pack_int4_lanes
-    fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2
-    fn.restype = None
-    return fn
+    signature = {"inductor_quant_pack_int4_lanes": ([_PTR] * 2 + [_I64] * 2, None)}
+    lib = _build("int4_lanes.cpp", "int4 lane packing kernel", signature)
+    return lib.inductor_quant_pack_int4_lanes if lib is not None else None
 
 
 def pack_int4_lanes(qdata: torch.Tensor) -> torch.Tensor:
@@ -93,20 +93,13 @@ def pack_int4_lanes(qdata: torch.Tensor) -> torch.Tensor:
 
 @functools.cache
 def _widening_gemm_lib():
-    lib = _build("widening_gemm.cpp", "widening GEMM kernels", needs_vec_isa=True)
-    if lib is None:
-        return None
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.inductor_quant_int8_gemm.argtypes = [i64] + [ptr] * 5 + [i64] * 5
-    lib.inductor_quant_int4_gemm.argtypes = [i64] + [ptr] * 4 + [i64] + [ptr] * 2 + [i64] * 5
-    lib.inductor_quant_int8_block_gemm.argtypes = [i64] + [ptr] * 3 + [i64] + [ptr] * 2 + [i64] * 5
-    for fn in (
-        lib.inductor_quant_int8_gemm,
-        lib.inductor_quant_int4_gemm,
-        lib.inductor_quant_int8_block_gemm,
-    ):
-        fn.restype = i64
-    return lib
+    # every entry point: (compute, x, <weight args>, bias, y, M, N, K, out_kind, num_threads) -> 1 if it computed y
+    signatures = {
+        "inductor_quant_int8_gemm": ([_I64] + [_PTR] * 5 + [_I64] * 5, _I64),
+        "inductor_quant_int4_gemm": ([_I64] + [_PTR] * 4 + [_I64] + [_PTR] * 2 + [_I64] * 5, _I64),
+        "inductor_quant_int8_block_gemm": ([_I64] + [_PTR] * 3 + [_I64] + [_PTR] * 2 + [_I64] * 5, _I64),
+    }
+    return _build("widening_gemm.cpp", "widening GEMM kernels", signatures, needs_vec_isa=True)
 
 
 # how the native GEMM computes for each activation dtype (widening_gemm.cpp's Compute)
