@@ -12,7 +12,9 @@ What it turns on, for the graphs it compiles only (plain ``torch.compile`` is un
   tensor-parallel graph's ``DeviceMesh``, which freezing cannot hold). Stock Inductor decides this at trace time from the
   global ``torch._inductor.config.freezing``; this backend decides it per graph instead. Turn it off with
   ``options={"inductor_quant.freezing": False}``. As with stock freezing, a frozen graph does not see later
-  in-place updates of the weights: recompile (``torch._dynamo.reset()``) after changing them;
+  in-place updates of the weights: recompile (``torch._dynamo.reset()``) after changing them. A frozen graph
+  guards the identity of the tensors it froze, so another model of the same architecture gets its own compile
+  (as with stock freezing);
 * with freezing, compile-time prepacking of the int8 / int4 weights of decode-shaped linears (static M <= 32) into the
   layout the GEMV kernel streams fastest, as Inductor's ``post_grad_custom_post_pass``. The packed copy is held by
   the compiled graph; ``options={"inductor_quant.prepack": False}`` turns prepacking off.
@@ -97,6 +99,8 @@ def _lift_module_state_to_attributes(gm: torch.fx.GraphModule, example_inputs: S
     This is what Dynamo itself does when it traces with freezing on (``is_parameter_freezing()``); Inductor's
     freezing then folds them into constants. Returns the indices of the inputs that stay graph inputs.
     """
+    from torch._guards import TracingContext
+
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     kept = []
     for i, (node, value) in enumerate(zip(placeholders, example_inputs, strict=True)):
@@ -105,11 +109,16 @@ def _lift_module_state_to_attributes(gm: torch.fx.GraphModule, example_inputs: S
             and getattr(value, "_dynamo_static_input_type", None) is not None
             and "grapharg" in node.meta
             and hasattr(gm, "_param_name_to_source")
+            and TracingContext.try_get() is not None  # where its identity can be guarded (below)
         )
         if not is_state or not node.users:
             kept.append(i)
             continue
         name = f"_frozen_{node.name}"
+        # The compiled graph now holds this tensor's values: it may only serve calls that see this very tensor.
+        # Dynamo traced it as an input, without the identity guard it adds when it traces with freezing on,
+        # so without this guard another model of the same architecture would run on this model's weights.
+        _guard_identity(node.meta["grapharg"].source)
         if isinstance(value, torch.nn.Parameter):
             gm.register_parameter(name, value)
         else:
@@ -123,3 +132,9 @@ def _lift_module_state_to_attributes(gm: torch.fx.GraphModule, example_inputs: S
         gm.graph.erase_node(node)
     gm.recompile()
     return kept
+
+
+def _guard_identity(source: Any) -> None:
+    from torch._dynamo.guards import GuardBuilder, install_guard
+
+    install_guard(source.make_guard(GuardBuilder.ID_MATCH))

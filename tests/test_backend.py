@@ -161,6 +161,27 @@ def test_prepacked_graphs_bypass_the_fx_graph_cache():
     assert counters["inductor"]["fxgraph_cache_hit"] == 0
 
 
+def test_a_frozen_graph_serves_only_the_model_whose_weights_it_holds():
+    """Two models of one architecture, compiled one after the other without a reset: the second must not be served
+    the first one's frozen graph (it was, before the backend guarded the frozen tensors' identity: Dynamo traces
+    parameters as inputs and guards them only when it traces with freezing on itself)."""
+
+    def model(seed):
+        torch.manual_seed(seed)
+        mlp = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32))
+        return iq.quantize_(mlp, iq.Int8WeightOnlyConfig())
+
+    x = torch.randn(3, 64)
+    first, second = model(0), model(1)
+    with torch.no_grad():
+        compiled_first = torch.compile(first, backend="quant_inductor")
+        verify(compiled_first(x), first(x))
+        verify(torch.compile(second, backend="quant_inductor")(x), second(x))
+        assert counters["stats"]["unique_graphs"] == 2
+        verify(compiled_first(x), first(x))  # its own graph again, not a third compile
+    assert counters["stats"]["unique_graphs"] == 2
+
+
 def test_source_hash_covers_every_package_file(tmp_path):
     root = tmp_path / "inductor_quant"
     shutil.copytree(os.path.dirname(iq.__file__), root, ignore=shutil.ignore_patterns("__pycache__"))
