@@ -14,7 +14,8 @@ What it turns on, for the graphs it compiles only (plain ``torch.compile`` is un
   ``options={"inductor_quant.freezing": False}``. As with stock freezing, a frozen graph does not see later
   in-place updates of the weights: recompile (``torch._dynamo.reset()``) after changing them. A frozen graph
   guards the identity of the tensors it froze, so another model of the same architecture gets its own compile
-  (as with stock freezing);
+  (as with stock freezing); its constants are dropped when the compiled graph is (``torch._dynamo.reset()`` after
+  deleting the model), where stock Inductor keeps them for the life of the process;
 * with freezing, compile-time prepacking of the int8 / int4 weights of decode-shaped linears (static M <= 32) into the
   layout the GEMV kernel streams fastest, as Inductor's ``post_grad_custom_post_pass``. The packed copy is held by
   the compiled graph; ``options={"inductor_quant.prepack": False}`` turns prepacking off.
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -82,7 +85,12 @@ def quant_inductor(
     patches["freezing"] = True
     if prepack:
         patches.setdefault("post_grad_custom_post_pass", prepack_pass())
-    compiled = compile_fx(gm, [example_inputs[i] for i in kept], config_patches=patches)
+    compiled = compile_fx(
+        gm,
+        [example_inputs[i] for i in kept],
+        inner_compile=_compile_releasing_constants,
+        config_patches=patches,
+    )
     log.debug(
         "freezing: %d of %d graph inputs became constants",
         len(example_inputs) - len(kept),
@@ -138,3 +146,30 @@ def _guard_identity(source: Any) -> None:
     from torch._dynamo.guards import GuardBuilder, install_guard
 
     install_guard(source.make_guard(GuardBuilder.ID_MATCH))
+
+
+def _compile_releasing_constants(*args: Any, **kwargs: Any) -> Any:
+    """Inductor's ``compile_fx_inner``, whose frozen constants go when its compiled graph goes.
+
+    Inductor loads a frozen graph's code as a module holding the constants (the frozen weights, our packed copies)
+    as attributes, and keeps every such module for the life of the process: without this, a compiled model
+    deleted after ``torch._dynamo.reset()`` would keep all its weights in memory (stock freezing does).
+    """
+    from torch._inductor.codecache import PyCodeCache
+    from torch._inductor.compile_fx import compile_fx_inner
+
+    compiled = compile_fx_inner(*args, **kwargs)
+    call = getattr(compiled, "current_callable", None)
+    namespace = getattr(getattr(call, "__func__", call), "__globals__", None)
+    module = sys.modules.get(namespace.get("__name__", "")) if namespace is not None else None
+    # (a module loaded without constants is cached and shared by every graph with the same code)
+    shared = any(module is m for m in PyCodeCache.modules_no_attr.values())
+    if module is not None and not shared:
+        names = [name for name, value in namespace.items() if isinstance(value, torch.Tensor)]
+        weakref.finalize(compiled, _drop_names, namespace, names)
+    return compiled
+
+
+def _drop_names(namespace: dict[str, Any], names: list[str]) -> None:
+    for name in names:
+        namespace.pop(name, None)

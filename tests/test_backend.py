@@ -182,6 +182,33 @@ def test_a_frozen_graph_serves_only_the_model_whose_weights_it_holds():
     assert counters["stats"]["unique_graphs"] == 2
 
 
+def test_a_deleted_compiled_model_frees_its_frozen_weights_on_reset():
+    """Inductor keeps the module of every compiled graph for the life of the process, with a frozen graph's
+    constants on it; this backend drops them with the compiled graph (stock freezing keeps them)."""
+    import gc
+    import weakref
+
+    from torch._inductor.codecache import PyCodeCache
+
+    torch.manual_seed(0)
+    model = iq.quantize_(nn.Linear(256, 128, bias=False), iq.Int8WeightOnlyConfig())
+    before = len(PyCodeCache.modules)
+    with torch.no_grad():
+        _, code = compile_and_run(model, torch.randn(2, 256))
+    assert "weight=packed" in code
+    constants = [
+        weakref.ref(value)
+        for module in PyCodeCache.modules[before:]
+        for value in vars(module).values()
+        if isinstance(value, torch.Tensor)
+    ]
+    assert constants and all(c() is not None for c in constants)  # the packed weight, held by the graph
+    del model
+    torch._dynamo.reset()
+    gc.collect()
+    assert all(c() is None for c in constants)
+
+
 def test_source_hash_covers_every_package_file(tmp_path):
     root = tmp_path / "inductor_quant"
     shutil.copytree(os.path.dirname(iq.__file__), root, ignore=shutil.ignore_patterns("__pycache__"))
