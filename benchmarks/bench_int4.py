@@ -16,8 +16,10 @@ Prefill (M = 512): a few layers; TFLOP/s and the ratio to dense bf16.
 int8 per token) as a column next to the default, and a table of the accuracy each costs: SQNR of one layer's output
 against the float layer, for normal activations and for activations with outlier channels.
 
-Memory: each row's compiled graphs are dropped (Dynamo reset, Inductor's module cache cleared), yet a run of both
-default groups still grew past 24 GiB by its seventh row; run one --groups value per process on such a machine.
+Memory: each row's compiled graphs are dropped (Dynamo reset), and with them their frozen and packed weights; a run
+of 12 decode rows (four groups, --a8) peaked at 17 GiB. (Before the backend freed a dropped graph's constants,
+which Inductor's generated modules otherwise keep for the life of the process, a run outgrew 24 GiB by its
+seventh row.)
 """
 
 from __future__ import annotations
@@ -167,8 +169,8 @@ def bench(k, n, g, ms, count, stock_configs, probe, rounds, dtype=torch.bfloat16
 
 
 def _free_compiled() -> None:
-    """Drop this row's compiled graphs. Inductor's module cache keeps every generated module, and with it the
-    frozen constants and packed weights attached to it: without this a full run exceeds 24 GiB."""
+    """Drop this row's compiled graphs (the backend then frees their frozen constants and packed weights) and
+    Inductor's in-memory module cache."""
     from torch._inductor.codecache import PyCodeCache
 
     torch._dynamo.reset()
