@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -161,12 +160,11 @@ def _compile_releasing_constants(*args: Any, **kwargs: Any) -> Any:
     compiled = compile_fx_inner(*args, **kwargs)
     call = getattr(compiled, "current_callable", None)
     namespace = getattr(getattr(call, "__func__", call), "__globals__", None)
-    module = sys.modules.get(namespace.get("__name__", "")) if namespace is not None else None
-    # (a module loaded without constants is cached and shared by every graph with the same code)
-    shared = any(module is m for m in PyCodeCache.modules_no_attr.values())
-    if module is not None and not shared:
+    # (a module loaded without constants is cached and shared by every graph with the same code: left alone)
+    shared = any(vars(m) is namespace for m in PyCodeCache.modules_no_attr.values())
+    if namespace is not None and not shared:
         names = [name for name, value in namespace.items() if isinstance(value, torch.Tensor)]
-        weakref.finalize(compiled, _drop_names, namespace, names)
+        weakref.finalize(compiled, _drop_names, namespace, names).atexit = False  # nothing to free at exit
     return compiled
 
 
