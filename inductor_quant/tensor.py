@@ -247,6 +247,14 @@ def _(func, args, kwargs):
     return func(bias, x, w.dequantize(x.dtype), **kwargs)
 
 
+@implements(aten.expand.default)
+def _(func, args, kwargs):
+    w, size = args[0], list(args[1])
+    if not w.transposed or size[-2:] not in (list(w.shape), [-1, -1]):
+        raise NotImplementedError(f"{type(w).__name__} of shape {tuple(w.shape)}: expand to {size}")
+    return BatchExpandedWeight(w, [*size[:-2], *w.shape])
+
+
 @implements(aten._to_copy.default)
 def _(func, args, kwargs):
     w = args[0]
@@ -284,6 +292,39 @@ def _(func, args, kwargs):
         and a._attrs() == b._attrs()
         and all(torch.equal(x, y) for x, y in zip(a._tensors(), b._tensors(), strict=True))
     )
+
+
+class BatchExpandedWeight(torch.Tensor):
+    """``w.t().expand(*batch, K, N)`` of a quantized weight: what ``matmul`` makes of a linear's weight when the
+    activation's leading dimensions cannot be folded into rows (a 3-D view such as ``x[:, 3:, :]``), before its
+    ``bmm``. It holds the 2-D weight, not copies: its views that keep the last two dimensions and its ``bmm`` with a
+    float ``[B, M, K]`` activation (one quantized linear over all ``B * M`` rows) are all it supports."""
+
+    @staticmethod
+    def __new__(cls, weight: QuantizedWeightTensor, size):
+        return torch.Tensor._make_wrapper_subclass(
+            cls, size, dtype=weight.dtype, device=weight.device, requires_grad=False
+        )
+
+    def __init__(self, weight: QuantizedWeightTensor, size):
+        self.weight = weight
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        w = args[0] if isinstance(args[0], cls) else None
+        if func in (aten.view.default, aten._unsafe_view.default) and w is not None:
+            size = list(args[1])
+            if size[-2:] == list(w.shape[-2:]):
+                return cls(w.weight, size)
+        if func is aten.bmm.default and isinstance(args[1], cls) and not isinstance(args[0], cls):
+            x, w = args
+            b, m, k = x.shape
+            return w.weight.linear(x.reshape(b * m, k)).view(b, m, -1)
+        raise NotImplementedError(
+            f"a batch-expanded {type((w or args[1]).weight).__name__} supports views and bmm only, not {func}"
+        )
 
 
 # torch.load(weights_only=True) accepts only allow-listed globals.

@@ -97,6 +97,28 @@ def _install_timing_log() -> None:
     _timing_log_installed = True
 
 
+def kernel_inputs(*tensors) -> list:
+    """Every tensor a kernel reads (activation, weights, scales, zero points, bias), realized in the one layout all
+    of the package's kernels take: dense row-major from offset 0. The CPP templates index their inputs as
+    ``X[m * K + k]`` from the buffer's start, and Inductor hands a template the underlying buffer of a view (an
+    ``h[:, -1:, :]`` slice, rows of a wider buffer), so a view that is not already that layout is copied here, once,
+    in the graph (logged and counted), never read in place. ``None`` entries (no bias) are dropped."""
+    out = []
+    for t in tensors:
+        if t is None:
+            continue
+        node = _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(t))
+        offset = node.get_layout().offset
+        if offset != 0:
+            log.debug(
+                "copied a view at storage offset %s (%s) into a buffer of its own", offset, node.get_name()
+            )
+            counters["inductor_quant"]["layout_copies"] += 1
+            node = _I.ir.ExternKernel.require_contiguous(_I.ir.ExternKernel.copy_input(node))
+        out.append(node)
+    return out
+
+
 def _static(*sizes) -> bool:
     return all(isinstance(s, int) or s.is_number for s in sizes)
 

@@ -32,7 +32,7 @@ from ..templates.cpp.int4_a8_gemv import CppInt4A8GemvTemplate
 from ..templates.cpp.int4_gemv import K_STEP, MAX_M, CppInt4GemvTemplate, CppInt4RowMajorA8Template
 from ..templates.triton.common import triton_applies
 from ..templates.triton.int4_mm import add_int4_mm_choices
-from .common import gemv_applies, select
+from .common import gemv_applies, kernel_inputs, select
 
 _I = inductor_internals()
 L = _I.lowering
@@ -53,13 +53,11 @@ def int4_weight_linear_lowering(
     x, qdata, scale, zero_point, group_size, bias=None, out_dtype=None, *, layout=None
 ):
     out_dtype = out_dtype or x.get_dtype()
-    x = _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(x))
-    qdata = _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(qdata))
+    inputs = kernel_inputs(x, qdata, scale, zero_point, bias)
+    x, qdata, *weights = inputs[:4]
     m, k = x.get_size()
     n = qdata.get_size()[0]
     layout = _I.ir.FixedLayout(x.get_device(), out_dtype, [m, n])
-    weights = [_I.ir.ExternKernel.require_contiguous(_I.realize_inputs(t)) for t in (scale, zero_point)]
-    inputs = [x, qdata, *weights] + ([_I.realize_inputs(bias)] if bias is not None else [])
     key = (m, n, k, *(t.get_dtype() for t in inputs), group_size, out_dtype)
     forced = forced_int4_kernel()
     choices = {
@@ -105,14 +103,9 @@ def int4_weight_linear_packed_lowering(
 ):
     """The prepack pass only packs decode-shaped problems, so the GEMV template is the one choice."""
     out_dtype = out_dtype or x.get_dtype()
-    x = _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(x))
-    m, k = (int(s) for s in x.get_size())
-    layout = _I.ir.FixedLayout(x.get_device(), out_dtype, [m, out_features])
-    inputs = [x] + [
-        _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(t)) for t in (packed_weight, scale, zero)
-    ]
-    if bias is not None:
-        inputs.append(_I.realize_inputs(bias))
+    inputs = kernel_inputs(x, packed_weight, scale, zero, bias)
+    m, k = (int(s) for s in inputs[0].get_size())
+    layout = _I.ir.FixedLayout(inputs[0].get_device(), out_dtype, [m, out_features])
     gemv = CppInt4GemvTemplate.choice(
         layout,
         inputs,
@@ -142,20 +135,12 @@ a8_dequant_mm_choice = _I.ExternKernelChoice(
 )
 
 
-def _a8_inputs(x, x_scale, weight, scale, zero_point, bias):
-    contiguous = [
-        _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(t))
-        for t in (x, x_scale, weight, scale, zero_point)
-    ]
-    return contiguous + ([_I.realize_inputs(bias)] if bias is not None else [])
-
-
 @L.register_lowering(torch.ops.inductor_quant.int4_a8_mm.default, type_promotion_kind=None)
 def int4_a8_mm_lowering(
     x, x_scale, qdata, scale, zero_point, group_size, bias=None, out_dtype=None, *, layout=None
 ):
     out_dtype = out_dtype or torch.float32
-    inputs = _a8_inputs(x, x_scale, qdata, scale, zero_point, bias)
+    inputs = kernel_inputs(x, x_scale, qdata, scale, zero_point, bias)
     x, qdata = inputs[0], inputs[2]
     m, k = x.get_size()
     n = qdata.get_size()[0]
@@ -186,7 +171,7 @@ def int4_a8_mm_packed_lowering(
 ):
     """Made by the prepack pass for decode-shaped problems only: the lane-layout template is the one choice."""
     out_dtype = out_dtype or torch.float32
-    inputs = _a8_inputs(x, x_scale, packed_weight, scale, zero_point, bias)
+    inputs = kernel_inputs(x, x_scale, packed_weight, scale, zero_point, bias)
     m, k = (int(s) for s in inputs[0].get_size())
     layout = _I.ir.FixedLayout(inputs[0].get_device(), out_dtype, [m, out_features])
     gemv = CppInt4A8GemvTemplate.choice(

@@ -26,7 +26,7 @@ from ..settings import INT8_KERNEL_ENV, forced_int8_kernel
 from ..templates.cpp.int8_gemv import K_STEP, MAX_M, CppInt8GemvTemplate
 from ..templates.triton.common import triton_applies
 from ..templates.triton.int8_mm import add_int8_mm_choices
-from .common import gemv_applies, is_static_decode, select
+from .common import gemv_applies, is_static_decode, kernel_inputs, select
 
 _I = inductor_internals()
 L = _I.lowering
@@ -55,9 +55,8 @@ def int8_weight_linear_lowering(x, qweight, scale, bias=None, out_dtype=None, *,
             f"int8_weight_linear: qweight must be int8, got {mat2.get_dtype()} (x is {mat1.get_dtype()})"
         )
     forced = forced_int8_kernel()
-    mat1 = _I.ir.ExternKernel.require_contiguous(mat1)
-    mat2 = _I.ir.ExternKernel.require_contiguous(mat2)
-    inputs = [mat1, mat2, _I.realize_inputs(scale)] + ([_I.realize_inputs(bias)] if bias is not None else [])
+    inputs = kernel_inputs(mat1, mat2, scale, bias)
+    mat1, mat2 = inputs[:2]
     key = (m, n, k, *(t.get_dtype() for t in inputs), out_dtype)
     if triton_applies(layout):
         # GPU: aten's kernel, the dequantize + dense GEMM path and the Triton template, for every M
@@ -92,12 +91,10 @@ def int8_weight_linear_packed_lowering(
 ):
     """The prepack pass only packs decode-shaped problems, so the GEMV template is the one choice."""
     out_dtype = out_dtype or x.get_dtype()
-    x = _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(x))
+    inputs = kernel_inputs(x, packed_weight, scale, bias)
+    x = inputs[0]
     m, k = (int(s) for s in x.get_size())
     layout = _I.ir.FixedLayout(x.get_device(), out_dtype, [m, out_features])
-    inputs = [x, _I.realize_inputs(packed_weight), _I.realize_inputs(scale)]
-    if bias is not None:
-        inputs.append(_I.realize_inputs(bias))
     gemv = CppInt8GemvTemplate.choice(layout, inputs, has_bias=bias is not None, packed=True, n=out_features)
     return select(
         "inductor_quant_int8_weight_linear_packed",

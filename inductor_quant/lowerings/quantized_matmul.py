@@ -14,7 +14,7 @@ import torch
 
 from .._compat import inductor_internals
 from ..ops import int8_blockwise_dequant_mm, int8_dynamic_int_mm
-from .common import select
+from .common import kernel_inputs, select
 
 _I = inductor_internals()
 L = _I.lowering
@@ -27,14 +27,10 @@ dynamic_int_mm_choice = _I.ExternKernelChoice(
 )
 
 
-def _inputs(*tensors):
-    return [_I.ir.ExternKernel.require_contiguous(_I.realize_inputs(t)) for t in tensors if t is not None]
-
-
 @L.register_lowering(torch.ops.inductor_quant.int8_blockwise_linear.default, type_promotion_kind=None)
 def int8_blockwise_linear_lowering(x, qweight, scale, bias=None, out_dtype=None, *, layout=None):
     out_dtype = out_dtype or x.get_dtype()
-    inputs = _inputs(x, qweight, scale, bias)
+    inputs = kernel_inputs(x, qweight, scale, bias)
     m, k = inputs[0].get_size()
     n = qweight.get_size()[0]
     layout = _I.ir.FixedLayout(inputs[0].get_device(), out_dtype, [m, n])
@@ -52,7 +48,7 @@ def int8_blockwise_linear_lowering(x, qweight, scale, bias=None, out_dtype=None,
 @L.register_lowering(torch.ops.inductor_quant.int8_dynamic_linear.default, type_promotion_kind=None)
 def int8_dynamic_linear_lowering(x, x_scale, qweight, scale, bias=None, out_dtype=None, *, layout=None):
     out_dtype = out_dtype or torch.float32
-    inputs = _inputs(x, x_scale, qweight, scale, bias)
+    inputs = kernel_inputs(x, x_scale, qweight, scale, bias)
     m, k = inputs[0].get_size()
     n = qweight.get_size()[0]
     layout = _I.ir.FixedLayout(inputs[0].get_device(), out_dtype, [m, n])

@@ -22,7 +22,7 @@ from ..settings import TERNARY_KERNEL_ENV, forced_ternary_kernel
 from ..templates.cpp.ternary_gemv import MAX_M, CppTernaryGemvTemplate
 from ..templates.triton.common import triton_applies
 from ..templates.triton.ternary_mm import add_ternary_mm_choices
-from .common import gemv_applies, is_static_decode, select
+from .common import gemv_applies, is_static_decode, kernel_inputs, select
 
 _I = inductor_internals()
 L = _I.lowering
@@ -35,12 +35,8 @@ unpack_int_mm_choice = _I.ExternKernelChoice(
 @L.register_lowering(torch.ops.inductor_quant.ternary_mm.default, type_promotion_kind=None)
 def ternary_mm_lowering(x, x_scale, qweight, weight_scale, bias=None, out_dtype=None, *, layout=None):
     out_dtype = out_dtype or torch.float32
-    x = _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(x))
-    inputs = [x] + [
-        _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(t)) for t in (x_scale, qweight, weight_scale)
-    ]
-    if bias is not None:
-        inputs.append(_I.ir.ExternKernel.require_contiguous(_I.realize_inputs(bias)))
+    inputs = kernel_inputs(x, x_scale, qweight, weight_scale, bias)
+    x = inputs[0]
     m, k = x.get_size()
     n = qweight.get_size()[0]
     layout = _I.ir.FixedLayout(x.get_device(), out_dtype, [m, n])

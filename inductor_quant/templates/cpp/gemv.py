@@ -31,6 +31,44 @@ def cpp_templates_apply(device) -> bool:
     return device is not None and device.type == "cpu" and config.cpu_backend == "cpp"
 
 
+def check_dense(template: str, nodes) -> None:
+    """What ``kernel_inputs`` guarantees, checked where a template is built: a layout it would misread is an error
+    naming the input, never a wrong answer."""
+    for i, node in enumerate(nodes):
+        layout = node.get_layout()
+        if layout.offset != 0 or not layout.is_contiguous():
+            raise AssertionError(
+                f"{template}: input {i} ({node.get_name()}) has size {list(node.get_size())}, stride "
+                f"{list(node.get_stride())}, offset {layout.offset}; its kernels need a dense row-major buffer "
+                "(see lowerings.common.kernel_inputs)"
+            )
+
+
+def _store_epilogue_nodes(kernel, Y, epilogue_nodes) -> list[str]:
+    """The C++ of the pointwise nodes Inductor's scheduler fused after a template, one loop nest per run of nodes of
+    one shape. The nodes that compute on Y may see it as ``[..., N]`` (a 3-D activation): they get Y viewed in their
+    shape. The scheduler also fuses nodes that do not read Y at all (it calls a node with no read of the template
+    "supported"), such as the copy of a strided bias feeding another linear: each is stored over its own shape."""
+    runs: list[list] = []
+    for node in epilogue_nodes:
+        if runs and list(runs[-1][-1].get_size()) == list(node.get_size()):
+            runs[-1].append(node)
+        else:
+            runs.append([node])
+    on_y = {Y.get_name()}
+    code = []
+    for run in runs:
+        dst = run[-1]
+        reads = {dep.name for node in run for dep in node.get_read_writes().reads}
+        if reads & on_y:
+            src = Y if list(dst.get_size()) == list(Y.get_size()) else kernel.view(Y, dst.get_size())
+            code.append(kernel.store_output(dst, src, orig_src=Y, epilogue_nodes=run))
+            on_y.update(node.get_name() for node in run)
+        else:
+            code.append(kernel.store_pointwise_nodes(dst, run))
+    return code
+
+
 @functools.cache
 def compiled_source(file_name: str):
     """The jinja template, parsed once per process (parsing it per render cost ~10 ms x 2 per linear)."""
@@ -45,6 +83,7 @@ class CppGemvTemplate(_I.CppTemplate):
     weight_inputs: ClassVar[tuple[str, ...]]
 
     def __init__(self, name: str, input_nodes, layout, *, has_bias: bool, packed: bool, n: int, **extra):
+        check_dense(name, input_nodes)
         super().__init__(name, input_nodes, layout, _I.parallel_num_threads())
         self.has_bias = has_bias
         self.packed = packed
@@ -76,10 +115,7 @@ class CppGemvTemplate(_I.CppTemplate):
 
         def store_epilogue() -> str:
             # Rendered after def_kernel, so the epilogue reads Y through the kernel's own argument.
-            # the epilogue may see the output as [..., N] (a 3-D activation): give it Y viewed in its shape
-            dst = epilogue_nodes[-1]
-            src = Y if list(dst.get_size()) == list(Y.get_size()) else kernel.view(Y, dst.get_size())
-            return kernel.store_output(dst, src, orig_src=Y, epilogue_nodes=epilogue_nodes)
+            return "\n".join(_store_epilogue_nodes(kernel, Y, epilogue_nodes))
 
         options = dict(
             kernel=kernel,
