@@ -6,6 +6,7 @@ Each config type has one registered handler that turns a module into its quantiz
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 
 from torch import nn
@@ -29,8 +30,46 @@ def register_quantize_module_handler(config_type: type):
     return decorator
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """GPT-2's ``transformers.pytorch_utils.Conv1D``: a linear whose ``[K, N]`` weight is the transpose of an
+    ``nn.Linear``'s (``addmm(bias, x, weight)``)."""
+    transformers = sys.modules.get("transformers")
+    conv1d = getattr(getattr(transformers, "pytorch_utils", None), "Conv1D", None)
+    return conv1d is not None and isinstance(module, conv1d)
+
+
 def _is_linear(module: nn.Module, fqn: str) -> bool:
-    return isinstance(module, nn.Linear)
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def _weight_holders(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
+    """id(weight parameter) -> every (fqn, module) holding it as ``.weight``: tied weights have several."""
+    holders: dict[int, list[tuple[str, nn.Module]]] = {}
+    for fqn, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        if weight is not None:
+            holders.setdefault(id(weight), []).append((fqn, module))
+    return holders
+
+
+def _share_quantized(fqn: str, module: nn.Module, tied: list[tuple[str, nn.Module]]) -> None:
+    """``module``'s float weight was tied to other modules' (``tie_word_embeddings``: the lm_head and the token
+    embedding): an ``nn.Embedding`` takes the quantized weight too (one tensor serves the lookup and the head, as in
+    llama.cpp; the lookup dequantizes the rows it reads); any other holder keeps the float weight, untied."""
+    for other_fqn, other in tied:
+        if other is module:
+            continue
+        if isinstance(other, nn.Embedding):
+            other.weight = module.weight
+            log.info("quantize_: %r is tied to %r: both read the one quantized weight", other_fqn, fqn)
+        else:
+            log.warning(
+                "quantize_: %r was tied to %r, which is quantized; %s cannot read a quantized weight, so it keeps "
+                "its float weight (the tie is broken)",
+                other_fqn,
+                fqn,
+                type(other).__name__,
+            )
 
 
 def quantize_(
@@ -48,13 +87,16 @@ def quantize_(
             f"no quantization handler for config {config!r}; known: {[t.__name__ for t in _HANDLERS]}"
         )
     filter_fn = filter_fn or _is_linear
+    holders = _weight_holders(model)
     count = 0
     for fqn, module in list(model.named_modules()):
         if filter_fn(module, fqn):
+            tied = holders.get(id(module._parameters.get("weight")), [])
             try:
                 handler(module, config)
             except ValueError as e:
                 raise ValueError(f"quantize_ {type(config).__name__} on {fqn or 'the model'!r}: {e}") from e
+            _share_quantized(fqn, module, tied)
             count += 1
     log.info("quantize_: %s applied to %d module(s)", type(config).__name__, count)
     return model
@@ -62,9 +104,9 @@ def quantize_(
 
 @register_quantize_module_handler(Int8WeightOnlyConfig)
 def _int8_weight_only(module: nn.Module, config: Int8WeightOnlyConfig) -> nn.Module:
-    weight = _float_weight(module)
+    weight, transposed = _float_weight(module)
     qdata, scale = quantize_int8_per_channel(weight)
-    qweight = Int8WeightTensor(qdata, scale.to(config.scale_dtype), dtype=weight.dtype)
+    qweight = Int8WeightTensor(qdata, scale.to(config.scale_dtype), dtype=weight.dtype, transposed=transposed)
     module.weight = nn.Parameter(qweight, requires_grad=False)
     return module
 
@@ -72,21 +114,27 @@ def _int8_weight_only(module: nn.Module, config: Int8WeightOnlyConfig) -> nn.Mod
 @register_quantize_module_handler(Int4WeightOnlyConfig)
 @register_quantize_module_handler(Int8DynamicActivationInt4WeightConfig)
 def _int4_weight(module: nn.Module, config: Int4WeightOnlyConfig) -> nn.Module:
-    weight = _float_weight(module)
+    weight, transposed = _float_weight(module)
     qdata, scale, zero_point = quantize_int4_groupwise(weight, config.group_size, config.scale_dtype)
     cls = (
         Int4WeightA8Tensor if isinstance(config, Int8DynamicActivationInt4WeightConfig) else Int4WeightTensor
     )
-    qweight = cls(qdata, scale, zero_point, dtype=weight.dtype, group_size=config.group_size)
+    qweight = cls(
+        qdata, scale, zero_point, dtype=weight.dtype, group_size=config.group_size, transposed=transposed
+    )
     module.weight = nn.Parameter(qweight, requires_grad=False)
     return module
 
 
 def _float_weight(module: nn.Module):
+    """The ``[N, K]`` float weight to quantize, and whether the module holds it transposed (``Conv1D``: the
+    quantized weight is then stored as its ``.t()`` view, which ``addmm(bias, x, weight)`` runs as a linear)."""
     weight = module.weight
     if isinstance(weight, QuantizedWeightTensor):
         raise ValueError(f"{module} is already quantized ({type(weight).__name__})")
-    return weight
+    if is_conv1d(module):
+        return weight.t(), True
+    return weight, False
 
 
 def weight_bytes(model: nn.Module) -> int:

@@ -255,6 +255,17 @@ def _(func, args, kwargs):
     return BatchExpandedWeight(w, [*size[:-2], *w.shape])
 
 
+@implements(aten.embedding.default)
+def _(func, args, kwargs):
+    """A tied token embedding reading the quantized lm_head weight: the rows it looks up, dequantized."""
+    w, indices = args[0], args[1]
+    if w.transposed:
+        raise NotImplementedError(f"embedding lookup in a transposed {type(w).__name__}")
+    flat = indices.reshape(-1)
+    rows = w._rebuild(lambda t: t[flat]).dequantize()
+    return rows.reshape(*indices.shape, rows.shape[-1])
+
+
 @implements(aten._to_copy.default)
 def _(func, args, kwargs):
     w = args[0]
