@@ -35,15 +35,32 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (Triton level E); skipped without one")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_compile_state():
-    """Every test compiles from scratch: no Dynamo cache, no FX-graph cache hit, no remembered tuning."""
+def _reset_compile_state() -> None:
     torch._dynamo.reset()
     counters.clear()
     lowering_common.reset_tuning_cache()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_compile_state(request):
+    """Every test compiles from scratch: no Dynamo cache, no FX-graph cache hit, no remembered tuning. A module
+    that sets ``SHARE_KERNEL_CACHE = True`` (a grid of models whose kernels repeat) keeps one Inductor cache
+    directory for all its tests instead: each test still traces, lowers and tunes afresh, and identical generated
+    C++ / Triton sources are compiled once."""
+    _reset_compile_state()
+    if getattr(request.module, "SHARE_KERNEL_CACHE", False):
+        request.getfixturevalue("_module_cache")
+        yield
+    else:
+        with fresh_cache():
+            yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture(scope="module")
+def _module_cache():
     with fresh_cache():
         yield
-    torch._dynamo.reset()
 
 
 def compile_and_run(model, *args, backend="quant_inductor", options=None, grad=False):

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 import inductor_quant as iq
+from inductor_quant.primitives import quantize_int8_per_channel
 
 
 def _model():
@@ -46,3 +47,60 @@ def test_weight_bytes_counts_int8_data_and_scales():
     assert iq.weight_bytes(m) == 64 * 32 * 2
     iq.quantize_(m, iq.Int8WeightOnlyConfig())
     assert iq.weight_bytes(m) == 64 * 32 + 32 * 4
+
+
+class _TiedLM(nn.Module):
+    """A token embedding tied to the output head, as ``tie_word_embeddings=True`` models have them."""
+
+    def __init__(self, vocab=96, hidden=64):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.head = nn.Linear(hidden, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(self.norm(self.embed(ids)))
+
+
+@pytest.mark.parametrize(
+    "config", [iq.Int8WeightOnlyConfig(), iq.Int4WeightOnlyConfig(group_size=32)], ids=["int8", "int4"]
+)
+def test_tied_embedding_reads_the_quantized_head_weight(config, caplog):
+    torch.manual_seed(0)
+    model = _TiedLM()
+    with caplog.at_level("INFO", logger="inductor_quant.api"):
+        iq.quantize_(model, config)
+    assert "'embed' is tied to 'head'" in caplog.text
+    assert model.embed.weight is model.head.weight  # one tensor, not a float copy beside a quantized one
+    ids = torch.tensor([[5, 0, 95, 5]])
+    # reference: the rows of the dequantized weight, exactly
+    torch.testing.assert_close(model.embed(ids), model.head.weight.dequantize()[ids], atol=0, rtol=0)
+    assert iq.weight_bytes(model) < 96 * 64 * 4 / 3  # int8 or int4 bytes (+ scales), held once
+
+
+def test_tie_to_a_module_that_cannot_read_a_quantized_weight_is_broken_with_a_warning(caplog):
+    head = nn.Linear(64, 96, bias=False)
+    other = nn.Module()
+    other.weight = head.weight
+    model = nn.ModuleDict({"head": head, "other": other})
+    with caplog.at_level("WARNING", logger="inductor_quant.api"):
+        iq.quantize_(model, iq.Int8WeightOnlyConfig())
+    assert "'other' was tied to 'head'" in caplog.text
+    assert isinstance(model["head"].weight, iq.Int8WeightTensor)
+    assert not isinstance(model["other"].weight, iq.Int8WeightTensor)
+
+
+def test_gpt2_conv1d_is_quantized_as_its_linear():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    conv = transformers.pytorch_utils.Conv1D(48, 64)  # nf=48 outputs, nx=64 inputs: weight [64, 48]
+    nn.init.normal_(conv.bias)
+    w = conv.weight.detach().t().clone()
+    iq.quantize_(conv, iq.Int8WeightOnlyConfig())
+    assert isinstance(conv.weight, iq.Int8WeightTensor) and conv.weight.shape == (64, 48)
+    x = torch.randn(2, 5, 64)
+    # reference: fp32 linear with the dequantized weight (the int8 grid of the transposed float weight)
+    q, s = quantize_int8_per_channel(w)
+    expected = torch.nn.functional.linear(x, q.float() * s[:, None], conv.bias)
+    torch.testing.assert_close(conv(x), expected, atol=1e-4, rtol=1e-4)
