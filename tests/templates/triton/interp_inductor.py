@@ -194,3 +194,41 @@ def test_quantized_linear_a16_cells_reach_the_templates(weight_bits, block_size,
     )
     (chosen,) = _chosen(scheme)
     assert chosen.startswith("triton_16x")
+
+
+# Views of a [..., 2K] activation made inside the graph: the last position (HF's hidden[:, -1:, :] before lm_head, at
+# a storage offset), middle rows, rows of a wider buffer; the templates read them through Inductor's offset-adjusted
+# pointers and strides.
+_VIEWS = (
+    ((1, 9, K), lambda h: h[:, -1:, :K]),
+    ((1, 9, K), lambda h: h[:, 3:5, K:]),
+    ((5, K), lambda h: h[:, K:]),
+)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_templates_read_views_made_in_the_graph(scheme, monkeypatch):
+    monkeypatch.setenv(f"INDUCTOR_QUANT_{scheme.upper()}_KERNEL", "triton")
+    torch.manual_seed(0)
+    pre = nn.Linear(K, 2 * K).to(torch.float16)
+    lin = nn.Linear(K, 40).to(torch.float16)
+    config = iq.Int8WeightOnlyConfig() if scheme == "int8" else iq.Int4WeightOnlyConfig(group_size=32)
+    iq.quantize_(lin, config)
+    bases = [
+        torch.randn(shape, generator=torch.Generator().manual_seed(2)).to(torch.float16)
+        for shape, _ in _VIEWS
+    ]
+
+    def model(*bs):
+        return [lin(view(pre(b))) for b, (_, view) in zip(bs, _VIEWS, strict=True)]
+
+    outs, _ = compile_and_run(model, *bases)
+    w = lin.weight
+    for b, (_, view), out in zip(bases, _VIEWS, outs, strict=True):
+        x = view(pre(b)).reshape(-1, K)
+        if scheme == "int8":
+            expected = P.int8_linear_reference(x, w.qdata, w.scale, lin.bias)
+        else:
+            expected = P.int4_linear_reference(x, w.qdata, w.scale, w.zero_point, 32, lin.bias)
+        verify(out.reshape(-1, 40), expected)
+    assert all(c.startswith("triton_") for c in _chosen(scheme)), _chosen(scheme)
