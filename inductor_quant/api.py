@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import Counter
 from collections.abc import Callable
 
 from torch import nn
 
 from .configs import Int4WeightOnlyConfig, Int8DynamicActivationInt4WeightConfig, Int8WeightOnlyConfig
-from .primitives import quantize_int4_groupwise, quantize_int8_per_channel
+from .primitives import INT4_GROUP_SIZES, quantize_int4_groupwise, quantize_int8_per_channel
 from .tensor import Int4WeightA8Tensor, Int4WeightTensor, Int8WeightTensor, QuantizedWeightTensor
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,10 @@ def _share_quantized(fqn: str, module: nn.Module, tied: list[tuple[str, nn.Modul
             )
 
 
+class LayerNotQuantized(Exception):
+    """Raised by a handler for a layer its scheme cannot hold (``quantize_`` leaves it float, with a log line)."""
+
+
 def quantize_(
     model: nn.Module,
     config: object,
@@ -79,7 +84,9 @@ def quantize_(
 ) -> nn.Module:
     """Quantize, in place, the weights of every module of ``model`` that ``filter_fn(module, fqn)`` accepts.
 
-    The default filter takes every ``nn.Linear``. Returns ``model`` for chaining.
+    The default filter takes every ``nn.Linear`` (and GPT-2's ``Conv1D``). A layer the scheme cannot hold (an int4
+    layer whose K is not a multiple of 32) stays float with one log line, so a whole model always quantizes; the
+    last log line sums up what became what and the weight bytes before and after. Returns ``model`` for chaining.
     """
     handler = _HANDLERS.get(type(config))
     if handler is None:
@@ -88,18 +95,34 @@ def quantize_(
         )
     filter_fn = filter_fn or _is_linear
     holders = _weight_holders(model)
-    count = 0
+    before = weight_bytes(model)
+    became: Counter[str] = Counter()
     for fqn, module in list(model.named_modules()):
         if filter_fn(module, fqn):
             tied = holders.get(id(module._parameters.get("weight")), [])
             try:
                 handler(module, config)
+            except LayerNotQuantized as e:
+                log.info("quantize_: %r stays %s: %s", fqn, module.weight.dtype, e)
+                became["kept float"] += 1
+                continue
             except ValueError as e:
                 raise ValueError(f"quantize_ {type(config).__name__} on {fqn or 'the model'!r}: {e}") from e
             _share_quantized(fqn, module, tied)
-            count += 1
-    log.info("quantize_: %s applied to %d module(s)", type(config).__name__, count)
+            became[_describe(module.weight)] += 1
+    log.info(
+        "quantize_ %s: %s; weights %.1f MiB -> %.1f MiB",
+        type(config).__name__,
+        ", ".join(f"{n} x {what}" for what, n in became.items()) or "no module matched",
+        before / 2**20,
+        weight_bytes(model) / 2**20,
+    )
     return model
+
+
+def _describe(weight) -> str:
+    group = getattr(weight, "group_size", None)
+    return type(weight).__name__ + (f"(g{group})" if group is not None else "")
 
 
 @register_quantize_module_handler(Int8WeightOnlyConfig)
@@ -115,15 +138,29 @@ def _int8_weight_only(module: nn.Module, config: Int8WeightOnlyConfig) -> nn.Mod
 @register_quantize_module_handler(Int8DynamicActivationInt4WeightConfig)
 def _int4_weight(module: nn.Module, config: Int4WeightOnlyConfig) -> nn.Module:
     weight, transposed = _float_weight(module)
-    qdata, scale, zero_point = quantize_int4_groupwise(weight, config.group_size, config.scale_dtype)
+    group_size = int4_group_for(weight.shape[1], config.group_size)
+    qdata, scale, zero_point = quantize_int4_groupwise(weight, group_size, config.scale_dtype)
     cls = (
         Int4WeightA8Tensor if isinstance(config, Int8DynamicActivationInt4WeightConfig) else Int4WeightTensor
     )
-    qweight = cls(
-        qdata, scale, zero_point, dtype=weight.dtype, group_size=config.group_size, transposed=transposed
-    )
+    qweight = cls(qdata, scale, zero_point, dtype=weight.dtype, group_size=group_size, transposed=transposed)
     module.weight = nn.Parameter(qweight, requires_grad=False)
     return module
+
+
+def int4_group_for(k: int, asked: int) -> int:
+    """The group size an int4 layer with ``k`` input features gets: the one asked for if it divides ``k``, else the
+    largest supported one below it that does (logged: SmolLM2's K = 576 takes g64 for the default g128); a ``k``
+    no supported group divides (not a multiple of 32) is ``LayerNotQuantized``."""
+    if k % asked == 0:
+        return asked
+    fits = [g for g in INT4_GROUP_SIZES if g < asked and k % g == 0]
+    if not fits:
+        raise LayerNotQuantized(f"K={k} is not a multiple of any int4 group size {INT4_GROUP_SIZES}")
+    log.info(
+        "quantize_: K=%d is not a multiple of group_size=%d: group_size=%d for this layer", k, asked, fits[-1]
+    )
+    return fits[-1]
 
 
 def _float_weight(module: nn.Module):
@@ -148,4 +185,4 @@ def weight_bytes(model: nn.Module) -> int:
     return total
 
 
-__all__ = ["quantize_", "register_quantize_module_handler", "weight_bytes"]
+__all__ = ["LayerNotQuantized", "quantize_", "register_quantize_module_handler", "weight_bytes"]

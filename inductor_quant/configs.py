@@ -32,9 +32,9 @@ class Int4WeightOnlyConfig:
     """Asymmetric int4 weights in groups of ``group_size`` consecutive input features (a scale and an integer zero
     point per group, two values per byte); activations stay in their own float dtype.
 
-    ``group_size`` is one of 32, 64, 128, 256 and must divide each quantized layer's K: there is no padding, and a
-    layer whose K it does not divide is a ``ValueError`` naming K (skip such layers with ``quantize_``'s
-    ``filter_fn``). ``scale_dtype`` is the dtype the per-group scales are stored in.
+    ``group_size`` is one of 32, 64, 128, 256. A layer whose K it does not divide takes the largest smaller one
+    that does (``api.int4_group_for``, logged); a K that is not a multiple of 32 stays float (logged). There is no
+    padding. ``scale_dtype`` is the dtype the per-group scales are stored in.
     """
 
     group_size: int = 128

@@ -104,3 +104,17 @@ def test_gpt2_conv1d_is_quantized_as_its_linear():
     q, s = quantize_int8_per_channel(w)
     expected = torch.nn.functional.linear(x, q.float() * s[:, None], conv.bias)
     torch.testing.assert_close(conv(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_int4_takes_a_group_that_divides_k_or_keeps_the_layer_float(caplog):
+    """SmolLM2's K = 576 under the default g128: g64 (the largest supported group dividing K), logged; K = 100 (no
+    int4 group divides it) stays float with a log line; the rest of the model quantizes, and a summary closes."""
+    model = nn.Sequential(nn.Linear(576, 64), nn.Linear(64, 100), nn.Linear(100, 32), nn.Linear(32, 256))
+    with caplog.at_level("INFO", logger="inductor_quant.api"):
+        iq.quantize_(model, iq.Int4WeightOnlyConfig())
+    assert [getattr(m.weight, "group_size", None) for m in model] == [64, 64, None, 32]
+    assert "K=576 is not a multiple of group_size=128: group_size=64" in caplog.text
+    assert "'2' stays torch.float32: K=100 is not a multiple of any int4 group size" in caplog.text
+    summary = caplog.records[-1].getMessage()
+    assert summary.startswith("quantize_ Int4WeightOnlyConfig: ")
+    assert "2 x Int4WeightTensor(g64)" in summary and "1 x kept float" in summary and "MiB ->" in summary
