@@ -73,6 +73,8 @@ def test_tied_embedding_reads_the_quantized_head_weight(config, caplog):
         iq.quantize_(model, config)
     assert "'embed' is tied to 'head'" in caplog.text
     assert model.embed.weight is model.head.weight  # one tensor, not a float copy beside a quantized one
+    # int8 under every config (api.TIED_EMBEDDING_CONFIG): the shared table is where 4 bits cost the most
+    assert isinstance(model.head.weight, iq.Int8WeightTensor)
     ids = torch.tensor([[5, 0, 95, 5]])
     # reference: the rows of the dequantized weight, exactly
     torch.testing.assert_close(model.embed(ids), model.head.weight.dequantize()[ids], atol=0, rtol=0)
