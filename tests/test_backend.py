@@ -213,10 +213,15 @@ def test_source_hash_covers_every_package_file(tmp_path):
     root = tmp_path / "inductor_quant"
     shutil.copytree(os.path.dirname(iq.__file__), root, ignore=shutil.ignore_patterns("__pycache__"))
     base = rewrite.package_source_hash(root)
-    for rel in ("templates/cpp/int8_gemv.cpp", "lowerings/int8.py", "tensor.py"):
+    for rel in (
+        "templates/cpp/int8_gemv.cpp",
+        "templates/triton/int4_mm.py.jinja",
+        "lowerings/int8.py",
+        "tensor.py",
+    ):
         path = root / rel
         original = path.read_text()
-        path.write_text(original + "\n// changed\n" if rel.endswith(".cpp") else original + "\n# changed\n")
+        path.write_text(original + "\n// changed\n")
         assert rewrite.package_source_hash(root) != base, rel
         path.write_text(original)
     assert rewrite.package_source_hash(root) == base

@@ -320,12 +320,11 @@ class PrepackPass(_PackagePass):
 
 
 def package_source_hash(root: Path | None = None) -> bytes:
-    """Hash of every ``.py`` / ``.cpp`` file of the package plus its version: a changed pass never hits the cache."""
+    """Hash of every file of the package (its ``.py`` code, the ``.cpp`` and ``.jinja`` templates and kernels) plus
+    its version: a changed pass or template never hits the cache."""
     root = root or Path(inductor_quant.__file__).parent
     digest = hashlib.sha256(inductor_quant.__version__.encode())
-    for path in sorted(
-        p for p in root.rglob("*") if p.suffix in (".py", ".cpp") and "__pycache__" not in p.parts
-    ):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.digest()

@@ -8,8 +8,11 @@ Triton expressions and stores. The kernel math under test is the template's own 
 
 from __future__ import annotations
 
+import atexit
+import functools
 import importlib.util
 import itertools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -66,9 +69,17 @@ def render(template_file: str, inputs: dict, out: torch.Tensor, *, scale, bias, 
     return "import triton\nimport triton.language as tl\n\n" + body + "\n"
 
 
+@functools.cache
+def _kernel_dir() -> Path:
+    """One temporary directory for the process's kernel files, removed when the process exits."""
+    path = Path(tempfile.mkdtemp(prefix="iq_triton_"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def load_kernel(source: str):
     """``@triton.jit`` needs the kernel's source file: write it out and import it."""
-    path = Path(tempfile.mkdtemp(prefix="iq_triton_")) / f"standalone_{next(_counter)}.py"
+    path = _kernel_dir() / f"standalone_{next(_counter)}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
