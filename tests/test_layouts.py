@@ -95,11 +95,19 @@ def _bitlinear(seed):
     return layer, lambda x: ternary_linear_reference(x, q, layer.qweight_scale, layer.bias).float()
 
 
-def _quantized_linear(seed):
-    layer = QuantizedLinear.from_linear(_linear(seed), weight_bits=4, block_size=32, zero_point=True)
-    return layer, lambda x: quantized_matmul_reference(
-        x, layer.weight, layer.weight_scaler, layer.weight_zero_point, bias=layer.bias
-    ).float()
+def _quantized_linear(**options):
+    def build(seed):
+        layer = QuantizedLinear.from_linear(_linear(seed), **options)
+        return layer, lambda x: quantized_matmul_reference(
+            x,
+            layer.weight,
+            layer.weight_scaler,
+            layer.weight_zero_point,
+            quantize_activation=layer.quantize_activation,
+            bias=layer.bias,
+        ).float()
+
+    return build
 
 
 def _lora_int8(seed):
@@ -119,7 +127,11 @@ MODULES = {
     "int4_g128": _weight_only(iq.Int4WeightOnlyConfig(group_size=128)),
     "w4a8_g32": _w4a8,
     "bitlinear": _bitlinear,
-    "quantized_linear_int4_b32": _quantized_linear,
+    "quantized_linear_int4_b32": _quantized_linear(weight_bits=4, block_size=32, zero_point=True),
+    "quantized_linear_int8_b32": _quantized_linear(weight_bits=8, block_size=32),  # int8_blockwise_linear
+    "quantized_linear_w8a8": _quantized_linear(
+        weight_bits=8, quantize_activation=True
+    ),  # int8_dynamic_linear
     "lora_int8": _lora_int8,
 }
 
