@@ -317,7 +317,10 @@ def int4_weight_linear_packed(
     """
     from .primitives import unpack_int4, unpack_int4_blocked
 
-    qdata = unpack_int4_blocked(packed_weight, out_features, x.shape[1])
+    # the packed K may be zero-padded past x's K (the prepack pass pads it to the kernel's step): drop the padding
+    k, groups = x.shape[1], x.shape[1] // group_size
+    qdata = unpack_int4_blocked(packed_weight, out_features, scale.shape[1] * group_size)[:, : k // 2]
+    scale, zero = scale[:, :groups], zero[:, :groups]
     if not zero_is_offset:
         return int4_weight_linear(x, qdata, scale, zero, group_size, bias, out_dtype)
     n, k = out_features, x.shape[1]

@@ -107,7 +107,7 @@ def test_wheel_holds_every_file_the_package_reads(wheel):
 @pytest.mark.slow
 def test_wheel_installed_alone_quantizes_compiles_and_runs_its_script(wheel, tmp_path):
     env_dir = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True)
     python = env_dir / "bin" / "python"
     fresh_site = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -115,9 +115,10 @@ def test_wheel_installed_alone_quantizes_compiles_and_runs_its_script(wheel, tmp
         capture_output=True,
         text=True,
     ).stdout.strip()
-    # the wheel into the fresh environment, with this environment's pip (the fresh one has none)
+    # the wheel into the fresh environment with its own pip (this environment's pip would uninstall this
+    # environment's copy of the package first, even with --prefix)
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--prefix", env_dir, wheel],
+        [python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel],
         check=True,
         capture_output=True,
         text=True,
@@ -135,9 +136,9 @@ def test_wheel_installed_alone_quantizes_compiles_and_runs_its_script(wheel, tmp
     for name in ("int8", "int4", "w4a8", "bitlinear"):
         assert f"compiled {name}" in smoke.stdout
     assert smoke.stdout.count("rendered ") == len(list((PACKAGE / "templates" / "triton").glob("*.jinja")))
-    # the console script pip wrote (its shebang names the interpreter that installed it: run it with the fresh one)
+    # the console script pip wrote
     script = subprocess.run(
-        [python, env_dir / "bin" / "inductor-quant-demo", "--help"],
+        [env_dir / "bin" / "inductor-quant-demo", "--help"],
         cwd=work,
         env=env,
         capture_output=True,

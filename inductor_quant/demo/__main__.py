@@ -34,11 +34,10 @@ QUANTIZED = {
     "w4a8": iq.Int8DynamicActivationInt4WeightConfig(group_size=32),
 }
 CONFIGS = ("bf16", "inductor", *QUANTIZED)
-# The accuracy floors the run must meet, against the float model, teacher-forced, per generated step. A trained model
-# (SmolLM2, a checkpoint): top-1 agreement (measured on SmolLM2's chat prompt, 32 steps: int8 0.97, int4 0.81, W4A8
-# 0.66). A random-weight model
-# has near-uniform logits whose top-1 flips on noise, so its floor is the median logits SQNR (measured on tiny: int8
-# 34 dB, int4 13-14, W4A8 14; stock Inductor 44).
+# The accuracy floors the run must meet, against the float model, teacher-forced, per generated step. A trained
+# model (SmolLM2, a checkpoint): top-1 agreement (measured on SmolLM2's chat prompt, 32 steps: int8 0.97, int4
+# 0.81, W4A8 0.66). A random-weight model has near-uniform logits whose top-1 flips on noise, so its floor is the
+# median logits SQNR (measured on tiny: int8 34 dB, int4 13-14, W4A8 14; stock Inductor 44).
 MIN_TOP1 = {"inductor": 0.9, "int8": 0.9, "int4": 0.6, "w4a8": 0.5}
 MIN_SQNR_DB_RANDOM = {"inductor": 30.0, "int8": 25.0, "int4": 10.0, "w4a8": 10.0}
 CHAT_PROMPT = "What is the capital of France? Answer in one sentence."

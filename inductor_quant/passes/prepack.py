@@ -7,7 +7,9 @@ served by kernels that read the plain weight. A packed weight is a new tensor he
 the module's own weight (``options={"inductor_quant.prepack": False}`` turns this off).
 
 * ``int8_weight_linear`` -> ``int8_weight_linear_packed`` (``primitives.pack_int8_blocked``);
-* ``int4_weight_linear`` -> ``int4_weight_linear_packed`` (``primitives.pack_int4_blocked``);
+* ``int4_weight_linear`` -> ``int4_weight_linear_packed`` (``primitives.pack_int4_blocked``; a K that is not a
+  multiple of the kernel's 128-value step is zero-padded to one, with zero scales and zero points for the padded
+  groups);
 * ``int4_a8_mm`` (W4A8) -> ``int4_a8_mm_packed``: nibbles, scales and zero points in the lane layout
   (``primitives.pack_int4_lanes`` / ``pack_group_lanes``) of the ``int4_a8_gemv`` template;
 * aten's ``_weight_int4pack_mm_for_cpu`` on a constant weight -> ``int4_weight_linear_packed``: its weight is
@@ -24,6 +26,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
 from torch._dynamo.utils import counters
 from torch.fx import Graph, GraphModule, Node
 
@@ -186,14 +189,28 @@ def _prepack_int4(graph: Graph, node: Node, consts: _Constants) -> int:
     if _forced_elsewhere(node, INT4_KERNEL_ENV, forced_int4_kernel(), "int4_gemv"):
         return 0
     x, q, scale, zero_point, group_size, bias, out_dtype = _args(node, 7, bias=5, out_dtype=6)
-    why = _skip_reason(node, x, [q], consts.gm, int4_gemv.K_STEP)
+    # any K (the group divides it): the kernel's K steps of 128 run over a zero-padded tail, read against zero
+    # activations; the padded groups' scales and zero points are zeros (SmolLM2's K = 576 -> 640)
+    qdata = getattr(consts.gm, q.target, None)
+    pad = -2 * qdata.shape[1] % int4_gemv.K_STEP if qdata is not None else 0
+    why = _skip_reason(node, x, [q, scale, zero_point] if pad else [q], consts.gm, group_size)
     if why:
         log.debug("not prepacked: %s: %s", node.name, why)
         return 0
-    qdata = getattr(consts.gm, q.target)
     n = qdata.shape[0]
     with graph.inserting_before(node):
-        packed = consts.get(graph, (q.target, "packed"), lambda: pack_int4_blocked(qdata))
+        packed = consts.get(
+            graph, (q.target, "packed"), lambda: pack_int4_blocked(F.pad(qdata, (0, pad // 2)))
+        )
+        if pad:
+            scale, zero_point = (
+                consts.get(
+                    graph,
+                    (t.target, "padded"),
+                    lambda t=t: F.pad(getattr(consts.gm, t.target), (0, pad // group_size)),
+                )
+                for t in (scale, zero_point)
+            )
     _swap(
         graph,
         node,

@@ -84,16 +84,55 @@ def test_prefill_widens_chunks_and_keeps_int4(dtype):
     verify(out, model.reference(x, weight_dtype=dtype), precision=dtype)
 
 
-def test_k_not_multiple_of_128_takes_dequant_mm_with_reason(caplog):
-    lin = iq.quantize_(nn.Linear(320, 24).to(torch.bfloat16), iq.Int4WeightOnlyConfig(group_size=64))
-    x = torch.randn(2, 320, dtype=torch.bfloat16)
-    with caplog.at_level(logging.DEBUG, logger="inductor_quant"):
-        out, _ = compile_and_run(lin, x)
-    assert "K=320 (needs K % 128 == 0)" in caplog.text
-    assert counters["inductor_quant"]["int4_kernel_dequant_mm"] == 1
-    w = lin.weight
-    expected = int4_linear_reference(x, w.qdata, w.scale, w.zero_point, 64, lin.bias, weight_dtype=x.dtype)
-    verify(out, expected)
+class OddK(nn.Module):
+    """int4 linears whose K is not a multiple of the GEMV's 128-value step: K = 320 at g32 and g64, and SmolLM2's
+    K = 576 at g64 (its default-config group); N = 24 and 65."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linears = nn.ModuleList(
+            iq.quantize_(nn.Linear(k, n, bias=g == 64).to(dtype), iq.Int4WeightOnlyConfig(group_size=g))
+            for k, n, g in ((320, 24, 32), (320, 65, 64), (576, 24, 64))
+        )
+
+    def forward(self, x320, x576):
+        a, b, c = self.linears
+        return a(x320), b(x320), c(x576)
+
+    def reference(self, x320, x576):
+        return [
+            int4_linear_reference(
+                x, lin.weight.qdata, lin.weight.scale, lin.weight.zero_point, lin.weight.group_size, lin.bias
+            )
+            for lin, x in zip(self.linears, (x320, x320, x576), strict=True)
+        ]
+
+
+@pytest.mark.parametrize("m", [1, 5])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_k_not_multiple_of_128_is_packed_with_a_zero_padded_tail(m, dtype):
+    """Frozen: the packed weight is zero-padded to K = 384 / 640 (zero scales and zero points for the padded
+    groups) and the GEMV reads the padding against zero activations; reference: fp32 math on the exact values."""
+    model = OddK(dtype)
+    xs = (torch.randn(m, 320, dtype=dtype), torch.randn(m, 576, dtype=dtype))
+    outs, code = compile_and_run(model, *xs)
+    assert counters["inductor_quant"]["int4_prepacked"] == 3
+    assert counters["inductor_quant"]["int4_kernel_int4_gemv_packed"] == 3
+    assert code.count(f"inductor_quant int4_gemv: M={m} N=24 K=320") == 1
+    assert code.count(f"inductor_quant int4_gemv: M={m} N=24 K=576") == 1
+    for out, expected in zip(outs, model.reference(*xs), strict=True):
+        verify(out, expected)
+
+
+def test_k_not_multiple_of_128_on_graph_input_weights_takes_dequant_mm():
+    """The row-major (graph-input) weight is not padded: the GEMV is not offered there, the prefill kernel serves."""
+    model = OddK(torch.bfloat16)
+    xs = (torch.randn(2, 320, dtype=torch.bfloat16), torch.randn(2, 576, dtype=torch.bfloat16))
+    outs, _ = compile_and_run(model, *xs, options={"inductor_quant.freezing": False})
+    assert counters["inductor_quant"]["int4_kernel_dequant_mm"] == 3
+    for out, expected in zip(outs, model.reference(*xs), strict=True):
+        verify(out, expected)
 
 
 def test_unfrozen_decode_autotunes_and_logs_timings(caplog):

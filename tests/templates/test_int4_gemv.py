@@ -52,7 +52,7 @@ void kernel(const at::BFloat16* X, const uint8_t* W, const at::BFloat16* S, cons
 // inductor_quant int4_gemv: M=2 N=8 K=256 group=64 weight=packed bias=True
 constexpr int64_t M = 2;
 constexpr int64_t N = 8;
-constexpr int64_t K = 256;               // a multiple of IQ4_STEP
+constexpr int64_t K = 256;               // X's row: a multiple of GS
 constexpr int64_t GS = 64;             // group size: 32, 64, 128 or 256
 constexpr int64_t RS = 64;     // see the layout note above
 constexpr int64_t KS = 256;
@@ -64,7 +64,7 @@ constexpr float zbias = 0.f;
 #define IQ4_PATH_F32 1
 constexpr float zbias = 0.f;
 constexpr float zbias = 0.f;
-for (; m + 4 <= M; m += 4) iq4_block<4, GS>(wr, KS, K, xe + m * K, K, sc, acc + m * IQ4_NR);
+for (; m + 4 <= M; m += 4) iq4_block<4, GS>(wr, KS, KP, xe + m * KP, KP, sc, acc + m * IQ4_NR);
 const float out = (acc[mm * IQ4_NR + r] + iq4_dot(co_rows[r], xsum + mm * G, G)) + static_cast<float>(B[n0 + r]);
 Y[mm * N + n0 + r] = static_cast<at::BFloat16>(out);
 bufN = empty_strided_cpu((8, ), (1, ), torch.bfloat16)
@@ -88,7 +88,7 @@ void kernel(const at::Half* X, const uint8_t* W, const at::BFloat16* S, const ui
 // inductor_quant int4_gemv: M=5 N=8 K=256 group=64 weight=row-major bias=True
 constexpr int64_t M = 5;
 constexpr int64_t N = 8;
-constexpr int64_t K = 256;               // a multiple of IQ4_STEP
+constexpr int64_t K = 256;               // X's row: a multiple of GS
 constexpr int64_t GS = 64;             // group size: 32, 64, 128 or 256
 constexpr int64_t RS = 128;     // see the layout note above
 constexpr int64_t KS = 64;
@@ -99,7 +99,7 @@ constexpr float zbias = 0.f;
 #define IQ4_PATH_F32 1
 constexpr float zbias = 0.f;
 constexpr float zbias = 0.f;
-for (; m + 4 <= M; m += 4) iq4_block<4, GS>(wr, KS, K, xe + m * K, K, sc, acc + m * IQ4_NR);
+for (; m + 4 <= M; m += 4) iq4_block<4, GS>(wr, KS, KP, xe + m * KP, KP, sc, acc + m * IQ4_NR);
 const float out = (acc[mm * IQ4_NR + r] + iq4_dot(co_rows[r], xsum + mm * G, G)) + static_cast<float>(B[n0 + r]);
 Y[mm * N + n0 + r] = static_cast<at::Half>(out);
 bufN = empty_strided_cpu((5, 8), (8, 1), torch.float16)

@@ -15,7 +15,7 @@
 //     straight into vpdpbusd against the signed activations, exact int32 sums per group, then the group scale in
 //     fp32; the result is multiplied by XS[m]. Without VNNI the int8 rows are widened to fp32 (exact).
 // The activations are permuted once per call into the order the planes come out in.
-// Where W lives is a matter of strides: step t of row r of block b is at W + b * 2K + r * RS + t * KS, with
+// Where W lives is a matter of strides: step t of row r of block b is at W + b * 2KP + r * RS + t * KS, with
 // RS = 64, KS = 256 for the layout prepacked at compile time ([N/4][K/128][4][64 bytes], one stream per block)
 // and RS = K / 2, KS = 64 for the plain [N, K / 2] storage of a weight that is a graph input.
 // ---
@@ -353,9 +353,10 @@ extern "C" {{export_declaration}}
     // inductor_quant int4_gemv: M={{M}} N={{N}} K={{K}} group={{GS}} weight={{ "packed" if packed else "row-major" }} bias={{ B is not none }}{{ " activations=int8" if x_scaled else "" }}
     constexpr int64_t M = {{M}};
     constexpr int64_t N = {{N}};
-    constexpr int64_t K = {{K}};               // a multiple of IQ4_STEP
+    constexpr int64_t K = {{K}};               // X's row: a multiple of GS
+    constexpr int64_t KP = {{KP}};             // W's row: K zero-padded to a multiple of IQ4_STEP (packed weights)
     constexpr int64_t GS = {{GS}};             // group size: 32, 64, 128 or 256
-    constexpr int64_t G = K / GS;
+    constexpr int64_t G = KP / GS;             // groups of S / Z rows (past K: padding, read against zeros)
     constexpr int64_t RS = {{row_stride}};     // see the layout note above
     constexpr int64_t KS = {{step_stride}};
     constexpr int S_KIND = {{s_kind}};
@@ -384,15 +385,16 @@ extern "C" {{export_declaration}}
     constexpr float zbias = 0.f;
     using xe_t = float;
 #endif
-    // --- once per call: X in the kernels' plane order (see iq4_dot_bf16 / iq4_dot_f32), and its per-group sums ---
-    std::unique_ptr<xe_t[]> xe_owner(new xe_t[M * K]);
+    // --- once per call: X in the kernels' plane order (see iq4_dot_bf16 / iq4_dot_f32), and its per-group sums;
+    // past K (a padded weight) xe and the sums are zero, so the padding adds nothing ---
+    std::unique_ptr<xe_t[]> xe_owner(new xe_t[M * KP]());
     std::unique_ptr<float[]> xsum_owner(new float[M * G]);
     xe_t* xe = xe_owner.get();
     float* xsum = xsum_owner.get();
     for (int64_t m = 0; m < M; ++m) {
         for (int64_t g = 0; g < G; ++g) {
             float s = 0.f;
-            for (int64_t k = g * GS; k < (g + 1) * GS; ++k) s += static_cast<float>(X[m * K + k]);
+            for (int64_t k = g * GS; k < std::min<int64_t>((g + 1) * GS, K); ++k) s += static_cast<float>(X[m * K + k]);
             xsum[m * G + g] = s;
         }
         for (int64_t k = 0; k < K; ++k) {
@@ -400,13 +402,13 @@ extern "C" {{export_declaration}}
 #if defined(IQ4_PATH_BF16)
             uint16_t bits;
             std::memcpy(&bits, &X[m * K + k], 2);
-            xe[m * K + step + 32 * (o % 4) + o / 4] = bits;
+            xe[m * KP + step + 32 * (o % 4) + o / 4] = bits;
 #elif defined(IQ4_PATH_I8)
-            xe[m * K + step + 64 * (o % 2) + o / 2] = X[m * K + k];
+            xe[m * KP + step + 64 * (o % 2) + o / 2] = X[m * K + k];
 #elif defined(IQ4_PATH_F32)
-            xe[m * K + step + 16 * (o % 8) + o / 8] = static_cast<float>(X[m * K + k]);
+            xe[m * KP + step + 16 * (o % 8) + o / 8] = static_cast<float>(X[m * K + k]);
 #else
-            xe[m * K + k] = static_cast<float>(X[m * K + k]);
+            xe[m * KP + k] = static_cast<float>(X[m * K + k]);
 #endif
         }
     }
@@ -426,22 +428,22 @@ extern "C" {{export_declaration}}
         const float* sc[IQ4_NR];
         for (int64_t r = 0; r < IQ4_NR; ++r) {
             const int64_t row = n0 + std::min<int64_t>(r, rows - 1);
-            wr[r] = W + n0 * (K / 2) + std::min<int64_t>(r, rows - 1) * RS;
+            wr[r] = W + n0 * (KP / 2) + std::min<int64_t>(r, rows - 1) * RS;
             iq4_row_coefs<S_KIND, Z_KIND>(S, Z, row, G, zbias, sc_rows[r], co_rows[r]);
             sc[r] = sc_rows[r];
         }
         alignas(64) float acc[M * IQ4_NR];
 #if defined(IQ4_PATH_BF16) || defined(IQ4_PATH_I8) || defined(IQ4_PATH_F32)
         int64_t m = 0;
-        for (; m + 4 <= M; m += 4) iq4_block<4, GS>(wr, KS, K, xe + m * K, K, sc, acc + m * IQ4_NR);
+        for (; m + 4 <= M; m += 4) iq4_block<4, GS>(wr, KS, KP, xe + m * KP, KP, sc, acc + m * IQ4_NR);
         switch (M - m) {
-            case 3: iq4_block<3, GS>(wr, KS, K, xe + m * K, K, sc, acc + m * IQ4_NR); break;
-            case 2: iq4_block<2, GS>(wr, KS, K, xe + m * K, K, sc, acc + m * IQ4_NR); break;
-            case 1: iq4_block<1, GS>(wr, KS, K, xe + m * K, K, sc, acc + m * IQ4_NR); break;
+            case 3: iq4_block<3, GS>(wr, KS, KP, xe + m * KP, KP, sc, acc + m * IQ4_NR); break;
+            case 2: iq4_block<2, GS>(wr, KS, KP, xe + m * KP, KP, sc, acc + m * IQ4_NR); break;
+            case 1: iq4_block<1, GS>(wr, KS, KP, xe + m * KP, KP, sc, acc + m * IQ4_NR); break;
             default: break;
         }
 #else
-        iq4_dot_scalar(wr, KS, K, GS, xe, K, M, sc, acc);
+        iq4_dot_scalar(wr, KS, KP, GS, xe, KP, M, sc, acc);
 #endif
         // --- epilogue: + zero-point term ({{ "* XS[m], " if x_scaled else "" }}+ bias) in fp32, one rounding to Y's dtype ---
         for (int64_t mm = 0; mm < M; ++mm)

@@ -13,7 +13,8 @@ from .gemv import MAX_M, CppGemvTemplate
 
 __all__ = ["K_STEP", "MAX_M", "CppInt4GemvTemplate", "CppInt4RowMajorA8Template"]
 
-# The kernel walks K in steps of this many values (64 bytes per weight row); K must be a multiple.
+# The kernel walks K in steps of this many values (64 bytes per weight row); K must be a multiple, or, for a
+# prepacked weight, is zero-padded to one (the padding is read against zero activations).
 K_STEP = 128
 # element kinds of the scale / zero-point inputs (IqKind in int4_gemv.cpp); IQ_OFFSET: Z is an fp32 offset c with
 # W = q * s + c instead of a zero point
@@ -49,9 +50,12 @@ class CppInt4GemvTemplate(CppGemvTemplate):
         named = dict(zip(self.weight_inputs, self.input_nodes[1:], strict=False))
         S, Z = named["S"], named["Z"]
         k = int(X.get_size()[1])
+        # the weight's K: the groups of S times the group size (a packed weight's K is padded to K_STEP)
+        kp = int(S.get_size()[1]) * self.group_size
         # see the layout note at the top of int4_gemv.cpp
         return dict(
             GS=self.group_size,
+            KP=kp,
             row_stride=K_STEP // 2 if self.packed else k // 2,
             step_stride=4 * K_STEP // 2 if self.packed else K_STEP // 2,
             s_kind=_KINDS[S.get_dtype()],
