@@ -92,7 +92,7 @@ class Variant:
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
             do_sample=False,
-            past_key_values=self.cache,
+            cache=self.cache,
             output_logits=True,
             return_dict_in_generate=True,
         )
