@@ -98,18 +98,19 @@ def _install_timing_log() -> None:
 
 
 def kernel_inputs(*tensors) -> list:
-    """Every tensor a kernel reads (activation, weights, scales, zero points, bias), realized in the one layout all
-    of the package's kernels take: dense row-major from offset 0. The CPP templates index their inputs as
-    ``X[m * K + k]`` from the buffer's start, and Inductor hands a template the underlying buffer of a view (an
-    ``h[:, -1:, :]`` slice, rows of a wider buffer), so a view that is not already that layout is copied here, once,
-    in the graph (logged and counted), never read in place. ``None`` entries (no bias) are dropped."""
+    """Every tensor a kernel reads (activation, weights, scales, zero points, bias), realized dense row-major, and,
+    where the CPP templates may be offered, from offset 0: they index their inputs as ``X[m * K + k]`` from the
+    buffer's start, and Inductor hands a template the underlying buffer of a view (an ``h[:, -1:, :]`` slice, rows
+    of a wider buffer), so such a view is copied here, once, in the graph (logged and counted), never read in place.
+    Extern kernels get the view itself and Triton templates add its offset (Inductor's ``def_kernel``): no copy
+    there. ``None`` entries (no bias) are dropped."""
     out = []
     for t in tensors:
         if t is None:
             continue
         node = _I.ir.ExternKernel.require_contiguous(_I.realize_inputs(t))
         offset = node.get_layout().offset
-        if offset != 0:
+        if offset != 0 and cpp_templates_apply(node.get_device()):
             log.debug(
                 "copied a view at storage offset %s (%s) into a buffer of its own", offset, node.get_name()
             )

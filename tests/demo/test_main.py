@@ -9,7 +9,7 @@ import torch
 from inductor_quant.demo.__main__ import main
 from inductor_quant.demo.models import build_random, smollm2_folder
 
-SHARE_KERNEL_CACHE = True  # conftest: the demo's variants compile the same kernels as test_models.py's
+SHARE_KERNEL_CACHE = True  # conftest: one Inductor cache for this module (its runs compile the same kernels)
 
 
 def test_demo_generates_with_every_variant_and_passes_its_floors(capsys):

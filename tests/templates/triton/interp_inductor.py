@@ -232,3 +232,5 @@ def test_templates_read_views_made_in_the_graph(scheme, monkeypatch):
             expected = P.int4_linear_reference(x, w.qdata, w.scale, w.zero_point, 32, lin.bias)
         verify(out.reshape(-1, 40), expected)
     assert all(c.startswith("triton_") for c in _chosen(scheme)), _chosen(scheme)
+    # the views were read in place, through their offsets and strides (no copy)
+    assert counters["inductor_quant"]["layout_copies"] == 0
