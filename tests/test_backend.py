@@ -182,6 +182,39 @@ def test_a_frozen_graph_serves_only_the_model_whose_weights_it_holds():
     assert counters["stats"]["unique_graphs"] == 2
 
 
+def test_a_frozen_weight_is_guarded_by_one_identity_check():
+    """Dynamo guards the metadata of every parameter it traces (three tensor checks per quantized weight: the
+    subclass and its inner tensors); a frozen graph holds the values, so its weights are guarded by identity alone.
+    The input keeps its tensor check."""
+    import logging
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    torch.manual_seed(0)
+    mlp = iq.quantize_(
+        nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32)), iq.Int8WeightOnlyConfig()
+    )
+    handler = Keep()
+    guards_log = logging.getLogger("torch._dynamo.guards.__guards")
+    torch._logging.set_logs(guards=True)
+    guards_log.addHandler(handler)
+    try:
+        with torch.no_grad():
+            torch.compile(mlp, backend="quant_inductor")(torch.randn(3, 64))
+    finally:
+        guards_log.removeHandler(handler)
+        torch._logging.set_logs()
+    guards = "\n".join(records)
+    checked = re.findall(r"TENSOR_MATCH: check_tensor\((\S+?),", guards)
+    identities = re.findall(r"ID_MATCH: ___check_obj_id\((\S+?_parameters\['\w+'\])", guards)
+    assert checked == ["L['args'][0]"], checked
+    assert len(identities) == 4, identities  # two weights, two biases
+
+
 def test_a_deleted_compiled_model_frees_its_frozen_weights_on_reset():
     """Inductor keeps the module of every compiled graph for the life of the process, with a frozen graph's
     constants on it; this backend drops them with the compiled graph (stock freezing keeps them)."""
