@@ -81,11 +81,20 @@ def constant_bytes(code: str) -> dict[str, int]:
     """Bytes of the constants a compiled (frozen) graph holds, per dtype, read off its generated code."""
     total: dict[str, int] = {}
     for _, shape, dtype in _CONSTANT.findall(code):
-        numel = 1
-        for s in filter(None, (p.strip() for p in shape.split(","))):
-            numel *= int(s)
-        total[dtype] = total.get(dtype, 0) + numel * _BYTES[dtype]
+        total[dtype] = total.get(dtype, 0) + _numel(shape) * _BYTES[dtype]
     return total
+
+
+def constant_sizes(code: str) -> dict[str, int]:
+    """Bytes of each constant a compiled (frozen) graph holds, by name, read off its generated code."""
+    return {name: _numel(shape) * _BYTES[dtype] for name, shape, dtype in _CONSTANT.findall(code)}
+
+
+def _numel(shape: str) -> int:
+    numel = 1
+    for s in filter(None, (p.strip() for p in shape.split(","))):
+        numel *= int(s)
+    return numel
 
 
 def int8_weight(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

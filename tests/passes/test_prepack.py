@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compile_and_run, int8_weight, verify
+from conftest import compile_and_run, constant_bytes, constant_sizes, int8_weight, verify
 from torch import nn
 from torch._dynamo.utils import counters
 from torch.testing import FileCheck
@@ -139,3 +140,74 @@ def test_positional_out_dtype_survives_prepacking():
     out, _ = compile_and_run(model, x)
     assert counters["inductor_quant"]["int8_prepacked"] == 1
     verify(out, int8_linear_reference(x, q, s, out_dtype=torch.float32))
+
+
+# --- sibling linears: one GEMV over concatenated weights ------------------------------------------------------
+
+
+class Attention(nn.Module):
+    """q / k / v projections of one normed activation (k and v narrower, as with grouped KV heads), each read
+    through its own view, then consumers of each output; an unrelated linear of another input stays alone."""
+
+    def __init__(self, k=256, bias=False):
+        super().__init__()
+        self.q, self.k, self.v = (
+            nn.Linear(k, k, bias=bias),
+            nn.Linear(k, 64, bias=bias),
+            nn.Linear(k, 64, bias=bias),
+        )
+        self.o = nn.Linear(k, k, bias=bias)
+
+    def forward(self, x):
+        h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        q, k, v = self.q(h), self.k(h), self.v(h)
+        return self.o(q * 2) + (k * v).repeat(1, 1, 4)
+
+
+def _quantized_attention(config, bias=False):
+    import inductor_quant as iq
+
+    torch.manual_seed(0)
+    return iq.quantize_(Attention(bias=bias).to(torch.bfloat16), config)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4", "int8 bias"])
+def test_linears_reading_one_activation_run_as_one_gemv(scheme):
+    import inductor_quant as iq
+
+    config = (
+        iq.Int8WeightOnlyConfig() if scheme.startswith("int8") else iq.Int4WeightOnlyConfig(group_size=64)
+    )
+    model = _quantized_attention(config, bias="bias" in scheme)
+    x = torch.randn(1, 1, 256, dtype=torch.bfloat16)
+    with torch.no_grad():
+        expected = model(x)
+        out, code = compile_and_run(model, x)
+    kind = scheme.split()[0]
+    assert counters["inductor_quant"]["linears_fused"] == 2
+    assert counters["inductor_quant"][f"{kind}_prepacked"] == 2  # q | k | v, and o
+    # the packed copies are all the weight bytes the graph holds: q | k | v concatenated once, and o; no plain
+    # concatenation of the weights is left behind (int4: + the uint8 zero points, 4 groups per row)
+    per_row = 256 if kind == "int8" else 256 // 2
+    packed = [b for name, b in constant_sizes(code).items() if name.endswith("_iq_packed")]
+    assert sorted(packed) == [256 * per_row, (256 + 64 + 64) * per_row]
+    held = constant_bytes(code)["int8" if kind == "int8" else "uint8"]
+    assert held == sum(packed) + (0 if kind == "int8" else (256 + 384) * 4)
+    verify(out, expected)
+
+
+def test_linears_of_different_schemes_are_not_fused():
+    import inductor_quant as iq
+
+    torch.manual_seed(0)
+    model = Attention().to(torch.bfloat16)
+    iq.quantize_(model, iq.Int4WeightOnlyConfig(group_size=64), filter_fn=lambda m, name: name == "k")
+    iq.quantize_(
+        model, iq.Int8WeightOnlyConfig(), filter_fn=lambda m, name: isinstance(m, nn.Linear) and name != "k"
+    )
+    x = torch.randn(1, 1, 256, dtype=torch.bfloat16)
+    with torch.no_grad():
+        expected = model(x)
+        out, _ = compile_and_run(model, x)
+    assert counters["inductor_quant"]["linears_fused"] == 1  # q and v; k is int4
+    verify(out, expected)
