@@ -4,7 +4,8 @@ Public API: ``quantize_`` with ``Int8WeightOnlyConfig`` / ``Int4WeightOnlyConfig
 ``Int8DynamicActivationInt4WeightConfig`` (W4A8), the weight subclasses ``Int8WeightTensor`` / ``Int4WeightTensor`` /
 ``Int4WeightA8Tensor``, safetensors save / load of quantized state dicts, and the
 quantized layers of ``inductor_quant.nn`` (``BitLinear`` with ``BitQuantConfig``; ``QuantizedLinear`` and
-``swap_quantized_linear``, over the ``torch.ops.inductor_quant.quantized_matmul`` op).
+``swap_quantized_linear``, over the ``torch.ops.inductor_quant.quantized_matmul`` op); ``generate``, a lean decode
+loop for Hugging Face causal LMs.
 """
 
 from . import (
@@ -19,6 +20,7 @@ from .configs import (
     Int8DynamicActivationInt4WeightConfig,
     Int8WeightOnlyConfig,
 )
+from .generate import generate
 from .serialization import load_safetensors, save_safetensors
 from .tensor import Int4WeightA8Tensor, Int4WeightTensor, Int8WeightTensor
 
@@ -30,6 +32,7 @@ __all__ = [
     "Int8DynamicActivationInt4WeightConfig",
     "Int8WeightOnlyConfig",
     "Int8WeightTensor",
+    "generate",
     "load_safetensors",
     "nn",
     "quantize_",
