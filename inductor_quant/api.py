@@ -151,7 +151,9 @@ def _int8_weight_only(module: nn.Module, config: Int8WeightOnlyConfig) -> nn.Mod
 def _int4_weight(module: nn.Module, config: Int4WeightOnlyConfig) -> nn.Module:
     weight, transposed = _float_weight(module)
     group_size = int4_group_for(weight.shape[1], config.group_size)
-    qdata, scale, zero_point = quantize_int4_groupwise(weight, group_size, config.scale_dtype)
+    qdata, scale, zero_point = quantize_int4_groupwise(
+        weight, group_size, config.scale_dtype, config.zero_point_dtype
+    )
     cls = (
         Int4WeightA8Tensor if isinstance(config, Int8DynamicActivationInt4WeightConfig) else Int4WeightTensor
     )

@@ -7,7 +7,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .primitives import ACTIVATION_GRANULARITIES, INT4_GROUP_SIZES, TERNARY_WEIGHT_GRANULARITIES
+from .primitives import (
+    ACTIVATION_GRANULARITIES,
+    INT4_GROUP_SIZES,
+    INT4_ZERO_POINT_DTYPES,
+    TERNARY_WEIGHT_GRANULARITIES,
+)
 
 _SCALE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -35,16 +40,26 @@ class Int4WeightOnlyConfig:
     ``group_size`` is one of 32, 64, 128, 256. A layer whose K it does not divide takes the largest smaller one
     that does (``api.int4_group_for``, logged); a K that is not a multiple of 32 stays float (logged). There is no
     padding. ``scale_dtype`` is the dtype the per-group scales are stored in.
+
+    ``zero_point_dtype``: ``torch.uint8`` (default), an integer zero point in [0, 15] per group, whose range then
+    always contains 0; or a float dtype (``torch.float16``: 8 more bits per group), a fractional zero point, each
+    group on its own [min, max] range (the form of llama.cpp's Q4_1 / Q4_K: at g32 with fp16 scales and zero
+    points, 5 bits per weight, the size of Q4_1). The decode kernels read either at the same speed.
     """
 
     group_size: int = 128
     scale_dtype: torch.dtype = torch.bfloat16
+    zero_point_dtype: torch.dtype = torch.uint8
 
     def __post_init__(self) -> None:
         if self.group_size not in INT4_GROUP_SIZES:
             raise ValueError(f"group_size must be one of {INT4_GROUP_SIZES}, got {self.group_size!r}")
         if self.scale_dtype not in _SCALE_DTYPES:
             raise ValueError(f"scale_dtype must be one of {_SCALE_DTYPES}, got {self.scale_dtype}")
+        if self.zero_point_dtype not in INT4_ZERO_POINT_DTYPES:
+            raise ValueError(
+                f"zero_point_dtype must be one of {INT4_ZERO_POINT_DTYPES}, got {self.zero_point_dtype}"
+            )
 
 
 @dataclass(frozen=True)
@@ -52,7 +67,15 @@ class Int8DynamicActivationInt4WeightConfig(Int4WeightOnlyConfig):
     """W4A8: the int4 groupwise weights of ``Int4WeightOnlyConfig`` (same fields, same quantization), and a linear
     that quantizes its activations to int8 per token (absmax / 127, round to nearest) for an integer dot product,
     as llama.cpp does for its 4-bit formats. Faster decode on CPUs with AVX512-VNNI, at an accuracy cost on top of
-    the weights' (README, int4 section). Inference only: a forward that needs gradients raises."""
+    the weights' (README, int4 section). Inference only: a forward that needs gradients raises. Integer zero
+    points only (its kernels' exact integer group sums assume them)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.zero_point_dtype != torch.uint8:
+            raise ValueError(
+                f"W4A8 takes integer (torch.uint8) zero points only, got {self.zero_point_dtype}"
+            )
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,7 @@ def check_int4_linear_args(
 
 
 def _check_int4_weight(x_k: int, qdata, scale, zero_point, group_size: int, bias) -> None:
-    from .primitives import check_int4_group
+    from .primitives import INT4_ZERO_POINT_DTYPES, check_int4_group
 
     if qdata.dtype != torch.uint8 or qdata.dim() != 2:
         raise ValueError(
@@ -195,9 +195,9 @@ def _check_int4_weight(x_k: int, qdata, scale, zero_point, group_size: int, bias
             f"scale must be a {list(groups)} float tensor (group_size={group_size}), "
             f"got shape {tuple(scale.shape)} of {scale.dtype}"
         )
-    if zero_point.shape != groups or zero_point.dtype not in (torch.uint8, torch.float32):
+    if zero_point.shape != groups or zero_point.dtype not in INT4_ZERO_POINT_DTYPES:
         raise ValueError(
-            f"zero_point must be a {list(groups)} uint8 or float32 tensor, "
+            f"zero_point must be a {list(groups)} tensor of {INT4_ZERO_POINT_DTYPES}, "
             f"got shape {tuple(zero_point.shape)} of {zero_point.dtype}"
         )
     if bias is not None and (bias.shape != (n,) or bias.dtype not in _FLOAT_DTYPES):
@@ -256,7 +256,7 @@ def int4_weight_linear(
         x: ``[M, K]`` activations, fp32 / bf16 / fp16.
         qdata: uint8 ``[N, K / 2]``: ``k = 2j`` in the low nibble of byte j, ``k = 2j + 1`` in the high nibble.
         scale: ``[N, K / group_size]`` float scales.
-        zero_point: ``[N, K / group_size]`` uint8 zero points in [0, 15] (float32 is accepted too).
+        zero_point: ``[N, K / group_size]`` zero points: uint8 in [0, 15], or float (fractional).
         group_size: 32, 64, 128 or 256, dividing K.
         bias: optional ``[N]`` float bias.
         out_dtype: dtype of the ``[M, N]`` result; ``None`` means ``x.dtype``.

@@ -82,6 +82,10 @@ def sqnr(reference: torch.Tensor, actual: torch.Tensor) -> float:
 # k = 2j in its low nibble and k = 2j + 1 in its high nibble (the device-neutral storage layout).
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 INT4_QMAX = 15
+# The zero point is an integer in [0, 15] (uint8: the group's range must contain 0, as the grid w = (q - zp) * s
+# does) or a float (fractional: the grid may sit anywhere, the group's own [min, max]; the form of llama.cpp's Q4_1
+# / Q4_K, which it reproduces). Every kernel computes W = q * s - zp * s in fp32, whatever zp's dtype.
+INT4_ZERO_POINT_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32)
 
 
 def check_int4_group(k: int, group_size: int) -> None:
@@ -102,14 +106,19 @@ INT4_CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8)
 
 
 def quantize_int4_groupwise(
-    weight: torch.Tensor, group_size: int = 128, scale_dtype: torch.dtype = torch.bfloat16
+    weight: torch.Tensor,
+    group_size: int = 128,
+    scale_dtype: torch.dtype = torch.bfloat16,
+    zero_point_dtype: torch.dtype = torch.uint8,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric int4 quantization of a ``[N, K]`` float weight in groups of ``group_size`` along K.
 
-    Each group's range ``[min(w, 0), max(w, 0)]`` is shrunk by the factor of ``INT4_CLIP_RATIOS`` that minimises
-    the group's squared error. Returns ``qdata`` (uint8 ``[N, K / 2]``, two values per byte), ``scale``
-    (``scale_dtype``, ``[N, K / g]``) and ``zero_point`` (uint8 ``[N, K / g]``, in [0, 15]) with
-    ``weight ≈ (q - zero_point) * scale`` per group. Values are rounded against the stored (``scale_dtype``) scale.
+    With integer zero points (``zero_point_dtype`` uint8) each group's range is ``[min(w, 0), max(w, 0)]``; with
+    float ones, ``[min(w), max(w)]``. The range is shrunk by the factor of ``INT4_CLIP_RATIOS`` (towards 0, or
+    towards its middle for float zero points) that minimises the group's squared error. Returns ``qdata`` (uint8
+    ``[N, K / 2]``, two values per byte), ``scale`` (``scale_dtype``, ``[N, K / g]``) and ``zero_point``
+    (``zero_point_dtype``, ``[N, K / g]``; uint8 in [0, 15]) with ``weight ≈ (q - zero_point) * scale`` per group.
+    Values are rounded against the stored scale and zero point.
     """
     if weight.dim() != 2 or not weight.is_floating_point():
         raise ValueError(
@@ -117,25 +126,42 @@ def quantize_int4_groupwise(
         )
     n, k = weight.shape
     check_int4_group(k, group_size)
+    if zero_point_dtype not in INT4_ZERO_POINT_DTYPES:
+        raise ValueError(f"zero_point_dtype must be one of {INT4_ZERO_POINT_DTYPES}, got {zero_point_dtype}")
     rows = max(1, (16 << 20) // (4 * k))  # bound the fp32 temporaries to ~16 MiB per candidate
-    parts = [quantize_int4_rows(weight[i : i + rows], group_size, scale_dtype) for i in range(0, n, rows)]
+    parts = [
+        quantize_int4_rows(weight[i : i + rows], group_size, scale_dtype, zero_point_dtype)
+        for i in range(0, n, rows)
+    ]
     qdata, scale, zero_point = (torch.cat(p) for p in zip(*parts, strict=True))
     return qdata, scale, zero_point
 
 
-def quantize_int4_rows(weight: torch.Tensor, group_size: int, scale_dtype: torch.dtype):
+def quantize_int4_rows(
+    weight: torch.Tensor,
+    group_size: int,
+    scale_dtype: torch.dtype,
+    zero_point_dtype: torch.dtype = torch.uint8,
+):
     """``quantize_int4_groupwise`` without the checks and the memory bound: one pass over ``weight``."""
     n, k = weight.shape
     w = weight.detach().float().reshape(n, k // group_size, group_size)
-    lo0 = w.amin(dim=-1).clamp_max(0)  # the range always contains 0, so the zero point is in [0, 15]
-    hi0 = w.amax(dim=-1).clamp_min(0)
+    integer = zero_point_dtype == torch.uint8
+    lo0, hi0 = w.amin(dim=-1), w.amax(dim=-1)
+    if integer:  # the range always contains 0, so the zero point is in [0, 15]
+        lo0, hi0 = lo0.clamp_max(0), hi0.clamp_min(0)
+    mid = torch.zeros_like(lo0) if integer else (lo0 + hi0) / 2
     best = None
     for ratio in INT4_CLIP_RATIOS:
-        lo, hi = lo0 * ratio, hi0 * ratio
+        lo, hi = mid + (lo0 - mid) * ratio, mid + (hi0 - mid) * ratio
         scale = ((hi - lo) / INT4_QMAX).clamp_min(SCALE_EPS).to(scale_dtype)
         s = scale.float()[..., None]
-        zero_point = torch.round(-lo / scale.float()).clamp_(0, INT4_QMAX)[..., None]
-        q = (torch.round(w / s) + zero_point).clamp_(0, INT4_QMAX)
+        if integer:
+            zero_point = torch.round(-lo / scale.float()).clamp_(0, INT4_QMAX)[..., None]
+            q = (torch.round(w / s) + zero_point).clamp_(0, INT4_QMAX)
+        else:  # fractional, rounded to its stored dtype before the values are rounded against it
+            zero_point = (-lo / scale.float()).to(zero_point_dtype).float()[..., None]
+            q = torch.round(w / s + zero_point).clamp_(0, INT4_QMAX)
         err = ((q - zero_point) * s - w).pow_(2).sum(dim=-1)
         if best is None:
             best = [err, scale, zero_point, q]
@@ -146,7 +172,7 @@ def quantize_int4_rows(weight: torch.Tensor, group_size: int, scale_dtype: torch
         best[2] = torch.where(better[..., None], zero_point, best[2])
         best[3] = torch.where(better[..., None], q, best[3])
     _, scale, zero_point, q = best
-    return pack_int4(q.reshape(n, k)), scale, zero_point[..., 0].to(torch.uint8)
+    return pack_int4(q.reshape(n, k)), scale, zero_point[..., 0].to(zero_point_dtype)
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:

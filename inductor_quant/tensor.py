@@ -161,7 +161,7 @@ class Int4WeightTensor(QuantizedWeightTensor):
     Fields:
         qdata: uint8 ``[N, K / 2]``, two values per byte (``k = 2j`` low nibble, ``k = 2j + 1`` high nibble).
         scale: ``[N, K / group_size]`` float (bf16 by default).
-        zero_point: ``[N, K / group_size]`` uint8, in [0, 15].
+        zero_point: ``[N, K / group_size]`` uint8 in [0, 15], or float (fractional: ``INT4_ZERO_POINT_DTYPES``).
         group_size: 32, 64, 128 or 256.
     The storage is device-neutral; kernel layouts are made from it at compile time.
     """

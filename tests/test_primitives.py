@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import inductor_quant as iq
 from inductor_quant.primitives import (
     dequantize_int4,
     dequantize_int8,
@@ -270,3 +271,41 @@ def test_native_lane_packing_equals_the_reference_bit_for_bit(n, half_k):
     assert _int4_lanes_fn() is not None  # built here: the comparison below is native vs torch
     q = torch.randint(0, 256, (n, half_k), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
     assert torch.equal(native(q), reference(q))
+
+
+def test_float_zero_points_hold_a_q4_1_grid_exactly():
+    """Weights on llama.cpp's Q4_1 grid (``q * d + m`` per 32 values; made by the ``gguf`` package's own quantizer,
+    an independent implementation) come back exactly with fractional zero points and fp32 scales, where integer zero
+    points (whose grid must contain 0) round them a second time."""
+    gguf = pytest.importorskip("gguf")
+    from gguf.quants import dequantize, quantize
+
+    torch.manual_seed(0)
+    w = (
+        torch.randn(64, 256) * 0.05 + torch.randn(64, 1) * 0.05
+    )  # rows off centre, as trained weights often are
+    q41 = gguf.GGMLQuantizationType.Q4_1
+    grid = torch.from_numpy(dequantize(quantize(w.numpy(), q41), q41).copy()).reshape(w.shape)
+    q, s, z = quantize_int4_groupwise(grid, 32, torch.float32, torch.float32)
+    assert z.dtype == torch.float32
+    assert sqnr(grid, dequantize_int4(q, s, z, 32)) > 100  # exact up to fp32 rounding of (q - z) * s
+    q, s, z = quantize_int4_groupwise(grid, 32, torch.float32, torch.uint8)
+    assert sqnr(grid, dequantize_int4(q, s, z, 32)) < 40
+
+
+def test_float_zero_points_are_no_worse_than_integer_ones_on_gaussian_weights():
+    torch.manual_seed(0)
+    w = torch.randn(256, 512) + 0.3
+    for g in (32, 128):
+        by_dtype = {
+            dt: sqnr(w, dequantize_int4(*quantize_int4_groupwise(w, g, torch.bfloat16, dt), g))
+            for dt in (torch.uint8, torch.float16)
+        }
+        assert by_dtype[torch.float16] >= by_dtype[torch.uint8], by_dtype
+
+
+def test_unsupported_zero_point_dtype_is_named():
+    with pytest.raises(ValueError, match="zero_point_dtype must be one of .* got torch.int8"):
+        quantize_int4_groupwise(torch.randn(4, 64), 32, torch.bfloat16, torch.int8)
+    with pytest.raises(ValueError, match="W4A8 takes integer"):
+        iq.Int8DynamicActivationInt4WeightConfig(zero_point_dtype=torch.float16)

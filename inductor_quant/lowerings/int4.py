@@ -23,6 +23,8 @@ aten's ``_weight_int4pack_mm_for_cpu`` is not offered for this op: it needs its 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from .._compat import inductor_internals
@@ -36,6 +38,7 @@ from .common import gemv_applies, kernel_inputs, select
 
 _I = inductor_internals()
 L = _I.lowering
+log = logging.getLogger(__name__)
 
 
 def _int4_dequant_mm(x, qdata, scale, zero_point, bias=None, *, group_size, out_dtype=None):
@@ -64,7 +67,12 @@ def int4_weight_linear_lowering(
         "dequant_mm": dequant_mm_choice.bind(inputs, layout, group_size=group_size, out_dtype=out_dtype)
     }
     if triton_applies(layout):
-        add_int4_mm_choices(choices, x, qdata, *weights, group_size, bias, layout)
+        if weights[1].get_dtype() == torch.uint8:
+            add_int4_mm_choices(choices, x, qdata, *weights, group_size, bias, layout)
+        else:  # (its K loop subtracts an integer zero point in int16)
+            log.debug(
+                "int4 Triton template not offered: %s zero points (it takes uint8)", weights[1].get_dtype()
+            )
     elif forced != "dequant_mm" and gemv_applies(x, qdata, MAX_M, K_STEP):
         choices["int4_gemv"] = CppInt4GemvTemplate.choice(
             layout,

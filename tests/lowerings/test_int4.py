@@ -23,11 +23,14 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 class EveryGroup(nn.Module):
     """One int4 linear per group size, on the same input: N = 65 (a partial block of rows), bias on two."""
 
-    def __init__(self, k=512, n=65, dtype=torch.bfloat16):
+    def __init__(self, k=512, n=65, dtype=torch.bfloat16, zero_point_dtype=torch.uint8):
         super().__init__()
         torch.manual_seed(0)
         self.linears = nn.ModuleList(
-            iq.quantize_(nn.Linear(k, n, bias=i % 2 == 0).to(dtype), iq.Int4WeightOnlyConfig(group_size=g))
+            iq.quantize_(
+                nn.Linear(k, n, bias=i % 2 == 0).to(dtype),
+                iq.Int4WeightOnlyConfig(group_size=g, zero_point_dtype=zero_point_dtype),
+            )
             for i, g in enumerate(INT4_GROUP_SIZES)
         )
 
@@ -69,6 +72,20 @@ def test_gemv_every_group_size_matches_reference(path, marker, grad, m, dtype, m
     if path == "frozen":
         assert counters["inductor_quant"]["int4_prepacked"] == 4
         assert "dtype=torch.bfloat16" not in code.split("def call")[0] or dtype == torch.bfloat16
+    verify(out, model.reference(x))
+
+
+@pytest.mark.parametrize("path, marker, grad", PATHS, ids=[p[0] for p in PATHS])
+@pytest.mark.parametrize("zero_point_dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_gemv_reads_float_zero_points(path, marker, grad, zero_point_dtype, monkeypatch):
+    """Fractional zero points (each group on its own range) in their stored dtype, through the same GEMV."""
+    monkeypatch.setenv(INT4_KERNEL_ENV, "int4_gemv")
+    model = EveryGroup(zero_point_dtype=zero_point_dtype)
+    assert model.linears[0].weight.zero_point.dtype == zero_point_dtype
+    x = torch.randn(1, 512, dtype=torch.bfloat16)
+    out, code = compile_and_run(model, x, grad=grad)
+    assert counters["inductor_quant"]["int4_kernel_int4_gemv" + ("_packed" if path == "frozen" else "")] == 4
+    FileCheck().check(marker).run(code)
     verify(out, model.reference(x))
 
 
