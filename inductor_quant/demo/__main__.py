@@ -21,9 +21,9 @@ import sys
 import time
 
 import torch
-from torch._dynamo.utils import counters
 
 import inductor_quant as iq
+from inductor_quant.demo.generation import Variant, cpu_name, rss_mib
 from inductor_quant.demo.models import RANDOM_SIZES, build_random, load_path, load_smollm2, smollm2_folder
 from inductor_quant.primitives import sqnr
 
@@ -45,61 +45,6 @@ CHAT_PROMPT = "What is the capital of France? Answer in one sentence."
 
 def _progress(start: float, message: str) -> None:
     print(f"[{time.perf_counter() - start:7.1f} s] {message}", file=sys.stderr, flush=True)
-
-
-def _cpu_name() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith("VmRSS:"))
-    return int(line.split()[1]) / 1024
-
-
-class Variant:
-    """One model copy (float, or quantized with one config), its compiled forward and its static cache."""
-
-    def __init__(self, name: str, float_model, dtype: torch.dtype, max_cache_len: int):
-        import transformers
-
-        self.name = name
-        before = _rss_mib()
-        self.model = float_model if name == "bf16" else copy.deepcopy(float_model)
-        counters["inductor_quant"].clear()
-        if name in QUANTIZED:
-            iq.quantize_(self.model, QUANTIZED[name])
-        if name != "bf16":
-            backend = "inductor" if name == "inductor" else "quant_inductor"
-            self.model.forward = torch.compile(self.model.forward, backend=backend)
-        # initialized up front: a cache that initializes itself inside the first graph makes a second prefill graph
-        config = self.model.config
-        self.cache = transformers.StaticCache(config=config, max_cache_len=max_cache_len)
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        self.cache.early_initialization(1, kv_heads, head_dim, dtype, torch.device("cpu"))
-        self.rss_before = before
-        self.label = f"eager {str(dtype).removeprefix('torch.')}" if name == "bf16" else name
-
-    def generate(self, ids, new_tokens: int):
-        """Greedy generation of exactly ``new_tokens`` tokens, with the step logits (every call alike, so the timed
-        calls reuse the graphs the first one compiled)."""
-        self.cache.reset()
-        return self.model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            cache=self.cache,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-
-    def weight_mib(self) -> float:
-        packed = sum(v for k, v in counters["inductor_quant"].items() if k.endswith("_prepacked_bytes"))
-        return (iq.weight_bytes(self.model) + packed) / 2**20
 
 
 def _accuracy(reference_model, out, prompt_len: int) -> tuple[float, float]:
@@ -175,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = _prompt(tokenizer, model.config.vocab_size, args.prompt_len)
     prompt_len = ids.shape[1]
     print(
-        f"{described}; {args.dtype}; prompt {prompt_len} tokens, {args.new_tokens} new; {_cpu_name()}, "
+        f"{described}; {args.dtype}; prompt {prompt_len} tokens, {args.new_tokens} new; {cpu_name()}, "
         f"{torch.get_num_threads()} threads"
     )
 
@@ -187,12 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad(), torch._dynamo.config.patch(limits):
         for name in configs:
             _progress(start, f"{name}: preparing and compiling (first generate)")
-            v = Variant(name, model, dtype, prompt_len + args.new_tokens + 8)
+            v = Variant(name, model, dtype, prompt_len + args.new_tokens + 8, QUANTIZED.get(name))
             t0 = time.perf_counter()
             out = v.generate(ids, args.new_tokens)
             first_call[name] = time.perf_counter() - t0
             weights[name] = v.weight_mib()
-            rss[name] = _rss_mib() - v.rss_before
+            rss[name] = rss_mib() - v.rss_before
             accuracy[name] = _accuracy(reference, out, prompt_len) if name != "bf16" else None
             if tokenizer is not None:
                 texts[name] = tokenizer.decode(out.sequences[0, prompt_len:], skip_special_tokens=True)
