@@ -20,7 +20,7 @@ from .configs import (
     Int8DynamicActivationInt4WeightConfig,
     Int8WeightOnlyConfig,
 )
-from .generate import generate
+from .decoding import generate
 from .serialization import load_safetensors, save_safetensors
 from .tensor import Int4WeightA8Tensor, Int4WeightTensor, Int8WeightTensor
 

@@ -50,6 +50,18 @@ def test_greedy_tokens_are_transformers_generate_tokens_and_new_lengths_do_not_r
     assert counters["stats"]["unique_graphs"] == graphs
 
 
+def test_two_models_of_one_architecture_each_generate_their_own_tokens(model):
+    """Each model's steps are compiled from their own code object (the module-tree guards are skipped): a second
+    model of the same architecture must not be served the first one's frozen graphs."""
+    torch.manual_seed(1)
+    other = iq.quantize_(transformers.LlamaForCausalLM(model.config).eval(), iq.Int8WeightOnlyConfig())
+    ids = _prompt(6)
+    for m in (model, other, model):
+        with torch.no_grad():
+            expected = m.generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+        assert torch.equal(iq.generate(m, ids, 5), expected)
+
+
 def test_top_k_one_is_greedy_and_sampling_stays_in_the_top_k(model):
     ids = _prompt(5)
     greedy = iq.generate(model, ids, 4)
