@@ -15,6 +15,9 @@ from .primitives import (
 )
 
 _SCALE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# integer, or fractional in 16 bits (INT4_ZERO_POINT_DTYPES also has fp32, which the numerics take but the CUDA
+# template reads as integers: quantized_matmul's cells hold integer-valued fp32 zero points)
+_ZERO_POINT_DTYPES = tuple(d for d in INT4_ZERO_POINT_DTYPES if d != torch.float32)
 
 
 @dataclass(frozen=True)
@@ -56,9 +59,9 @@ class Int4WeightOnlyConfig:
             raise ValueError(f"group_size must be one of {INT4_GROUP_SIZES}, got {self.group_size!r}")
         if self.scale_dtype not in _SCALE_DTYPES:
             raise ValueError(f"scale_dtype must be one of {_SCALE_DTYPES}, got {self.scale_dtype}")
-        if self.zero_point_dtype not in INT4_ZERO_POINT_DTYPES:
+        if self.zero_point_dtype not in _ZERO_POINT_DTYPES:
             raise ValueError(
-                f"zero_point_dtype must be one of {INT4_ZERO_POINT_DTYPES}, got {self.zero_point_dtype}"
+                f"zero_point_dtype must be one of {_ZERO_POINT_DTYPES}, got {self.zero_point_dtype}"
             )
 
 

@@ -67,12 +67,12 @@ def int4_weight_linear_lowering(
         "dequant_mm": dequant_mm_choice.bind(inputs, layout, group_size=group_size, out_dtype=out_dtype)
     }
     if triton_applies(layout):
-        if weights[1].get_dtype() == torch.uint8:
+        # its K loop subtracts zero points as int16: uint8 ones, and the integer-valued fp32 ones quantized_matmul's
+        # cells make; not the fractional fp16 / bf16 ones of Int4WeightOnlyConfig(zero_point_dtype=...)
+        if weights[1].get_dtype() in (torch.uint8, torch.float32):
             add_int4_mm_choices(choices, x, qdata, *weights, group_size, bias, layout)
-        else:  # (its K loop subtracts an integer zero point in int16)
-            log.debug(
-                "int4 Triton template not offered: %s zero points (it takes uint8)", weights[1].get_dtype()
-            )
+        else:
+            log.debug("int4 Triton template not offered: fractional %s zero points", weights[1].get_dtype())
     elif forced != "dequant_mm" and gemv_applies(x, qdata, MAX_M, K_STEP):
         choices["int4_gemv"] = CppInt4GemvTemplate.choice(
             layout,
