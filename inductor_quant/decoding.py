@@ -58,19 +58,23 @@ def _compiled_step(backend: str):
     )
 
 
-def _cache(model, runner: _Runner, batch: int, length: int, dtype: torch.dtype, device: torch.device):
+def static_cache(config, batch: int, length: int, dtype: torch.dtype, device):
+    """A transformers ``StaticCache`` of ``length`` positions for ``config``'s model, its tensors made up front (a
+    cache that initializes itself inside the first compiled graph makes a second prompt graph)."""
     import transformers
 
+    cache = transformers.StaticCache(config=config, max_cache_len=length)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    cache.early_initialization(batch, kv_heads, head_dim, dtype, torch.device(device))
+    return cache
+
+
+def _cache(model, runner: _Runner, batch: int, length: int, dtype: torch.dtype, device: torch.device):
     bucket = -(-length // CACHE_BUCKET) * CACHE_BUCKET
     key = (batch, bucket, dtype, device)
     if key not in runner.caches:
-        config = model.config
-        cache = transformers.StaticCache(config=config, max_cache_len=bucket)
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        # made up front: a cache that initializes itself inside the first graph makes a second prompt graph
-        cache.early_initialization(batch, kv_heads, head_dim, dtype, device)
-        runner.caches[key] = cache
+        runner.caches[key] = static_cache(model.config, batch, bucket, dtype, device)
     cache = runner.caches[key]
     cache.reset()
     return cache

@@ -20,6 +20,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import inductor_quant as iq
+from inductor_quant.decoding import static_cache
 from inductor_quant.demo.models import load_smollm2, smollm2_folder
 from inductor_quant.primitives import sqnr
 from inductor_quant.tensor import QuantizedWeightTensor
@@ -69,11 +70,7 @@ def _fp32_twin(model):
 
 
 def _generate(model, ids):
-    config = model.config
-    cache = transformers.StaticCache(config=config, max_cache_len=ids.shape[1] + NEW_TOKENS + 8)
-    cache.early_initialization(
-        1, config.num_key_value_heads, config.hidden_size // config.num_attention_heads, torch.bfloat16, "cpu"
-    )
+    cache = static_cache(model.config, 1, ids.shape[1] + NEW_TOKENS + 8, torch.bfloat16, "cpu")
     return model.generate(
         ids,
         attention_mask=torch.ones_like(ids),

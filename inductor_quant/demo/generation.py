@@ -10,6 +10,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import inductor_quant as iq
+from inductor_quant.decoding import static_cache
 
 
 def cpu_name() -> str:
@@ -29,8 +30,6 @@ class Variant:
     def __init__(self, name: str, float_model, dtype: torch.dtype, max_cache_len: int, config=None):
         """``name`` "bf16" runs ``float_model`` itself eagerly, "inductor" a copy under stock Inductor; any other
         name a copy quantized with ``config`` under quant_inductor."""
-        import transformers
-
         self.name = name
         before = rss_mib()
         self.model = float_model if name == "bf16" else copy.deepcopy(float_model)
@@ -40,12 +39,7 @@ class Variant:
         if name != "bf16":
             backend = "inductor" if name == "inductor" else "quant_inductor"
             self.model.forward = torch.compile(self.model.forward, backend=backend)
-        # initialized up front: a cache that initializes itself inside the first graph makes a second prefill graph
-        config = self.model.config
-        self.cache = transformers.StaticCache(config=config, max_cache_len=max_cache_len)
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        self.cache.early_initialization(1, kv_heads, head_dim, dtype, torch.device("cpu"))
+        self.cache = static_cache(self.model.config, 1, max_cache_len, dtype, "cpu")
         self.rss_before = before
         self.label = f"eager {str(dtype).removeprefix('torch.')}" if name == "bf16" else name
 
