@@ -9,6 +9,7 @@ loop for Hugging Face causal LMs.
 """
 
 from . import (
+    attention,  # noqa: F401  (registers torch.ops.inductor_quant.decode_attention)
     distributed,  # noqa: F401  (the aten ops DTensor sharding needs, on the weight subclasses)
     nn,
     quantized_matmul,  # noqa: F401  (registers torch.ops.inductor_quant.quantized_matmul)

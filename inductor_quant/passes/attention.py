@@ -1,102 +1,150 @@
-"""Decode attention (stage 3, on Dynamo's graph): scaled_dot_product_attention with a few query rows on CPU becomes
-its math form, which Inductor fuses into the graph's own kernels.
+"""Decode attention (stage 3, on Dynamo's graph): ``scaled_dot_product_attention`` with a few query rows on CPU
+becomes ``torch.ops.inductor_quant.decode_attention`` (``inductor_quant/attention.py``), one C++ kernel compiled.
 
 On CPU, ATen's attention for a handful of query rows is the flash kernel built for long prompts: ~200 us per call
 for one query row over a 256-entry KV cache (9 query heads, 64 dims, bf16; one or two threads alike), 9 ms of a
-15 ms decode step on SmolLM2's 30 layers. The math form, traced into the graph, is a few fused loops over that cache.
+15 ms decode step on SmolLM2's 30 layers; Inductor's fusion of the math form still took ~55 us. The decode kernel
+reads only the cache positions the mask keeps, and the grouped KV heads in place: where the model repeats them
+for ATen (``repeat_kv``: index with a new axis, expand, reshape), the op is given the cache itself.
 Prompts (more than ``DECODE_QUERY_ROWS`` query rows) keep the flash kernel, which is the faster one there.
 """
 
 from __future__ import annotations
 
 import logging
+import operator
 
 import torch
 from torch._dynamo.utils import counters
 
+from .. import attention  # noqa: F401  (registers torch.ops.inductor_quant.decode_attention)
+
 log = logging.getLogger(__name__)
 
-# Query rows up to which attention runs as math: decode steps (one row per sequence), speculative / multi-token
-# steps. Above it the flash kernel's blocking pays off.
+# Query rows up to which attention runs as the decode op: decode steps (one row per sequence), speculative /
+# multi-token steps. Above it the flash kernel's blocking pays off.
 DECODE_QUERY_ROWS = 16
 
 _SDPA = (torch._C._nn.scaled_dot_product_attention, torch.nn.functional.scaled_dot_product_attention)
-
-
-def decode_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None = None,
-    dropout_p: float = 0.0,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
-) -> torch.Tensor:
-    """``scaled_dot_product_attention`` (no dropout) in fp32 math: scores, mask, softmax and the weighted sum of
-    values, one cast to ``query``'s dtype at the end (the precision of ATen's flash kernel, which accumulates in
-    fp32). With grouped KV heads (``enable_gqa``), query head ``h`` reads KV head ``h // (Hq / Hkv)``, as ATen."""
-    *batch, heads, rows, dim = query.shape
-    kv_heads, length = key.shape[-3], key.shape[-2]
-    group = heads // kv_heads
-    # query heads of one KV head side by side as rows: one matmul per KV head, the KV cache read once
-    q = query.float().reshape(*batch, kv_heads, group * rows, dim)
-    scores = q @ key.float().transpose(-1, -2) * (dim**-0.5 if scale is None else scale)
-    scores = scores.reshape(*batch, heads, rows, length)
-    if is_causal:
-        attn_mask = torch.ones(rows, length, dtype=torch.bool, device=query.device).tril()
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attn_mask, float("-inf"))
-        else:
-            scores = scores + attn_mask.float()
-    probs = scores.softmax(dim=-1).reshape(*batch, kv_heads, group * rows, length)
-    out = probs @ value.float()
-    return out.reshape(*batch, heads, rows, value.shape[-1]).to(query.dtype)
+_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
 
 def decode_attention_pass(gm: torch.fx.GraphModule) -> int:
-    """Point every CPU ``scaled_dot_product_attention`` call of Dynamo's graph ``gm`` with at most
-    ``DECODE_QUERY_ROWS`` static query rows and no dropout at ``decode_attention``. Returns how many."""
+    """Replace every CPU ``scaled_dot_product_attention`` call of Dynamo's graph ``gm`` with at most
+    ``DECODE_QUERY_ROWS`` static query rows and no dropout by ``decode_attention``. Returns how many."""
     rewritten = 0
-    for node in gm.graph.nodes:
+    for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in _SDPA:
             continue
-        why = _skip_reason(node)
+        args = dict(zip(_ARGS, node.args, strict=False))
+        args.update(node.kwargs)
+        why = _skip_reason(args)
         if why:
             log.debug("attention %s left to ATen: %s", node.name, why)
             continue
-        node.target = decode_attention
+        query, key, value = args["query"], args["key"], args["value"]
+        heads = _fake(query).shape[1]
+        if _fake(key).shape[1] == heads:
+            key, value = _unrepeated(key, heads), _unrepeated(value, heads)
+        scale = args.get("scale")
+        if scale is None:
+            scale = _fake(query).shape[3] ** -0.5
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_function(
+                torch.ops.inductor_quant.decode_attention.default,
+                (query, key, value, args.get("attn_mask"), bool(args.get("is_causal", False)), float(scale)),
+            )
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
         rewritten += 1
     if rewritten:
+        _erase_unused_repeats(gm)
         gm.recompile()
         counters["inductor_quant"]["decode_attention"] += rewritten
-        log.info("decode attention: %d scaled_dot_product_attention calls run as fused math", rewritten)
+        log.info(
+            "decode attention: %d scaled_dot_product_attention calls run as the decode kernel", rewritten
+        )
     return rewritten
 
 
-def _skip_reason(node: torch.fx.Node) -> str | None:
-    args = dict(
-        zip(("query", "key", "value", "attn_mask", "dropout_p", "is_causal"), node.args, strict=False)
-    )
-    args.update(node.kwargs)
-    fakes = [getattr(args.get(name), "meta", {}).get("example_value") for name in ("query", "key", "value")]
+def _fake(node):
+    return getattr(node, "meta", {}).get("example_value")
+
+
+def _unrepeated(node: torch.fx.Node, heads: int) -> torch.fx.Node:
+    """The KV cache ``node`` was repeated from (``x[:, :, None].expand(B, Hkv, g, L, D).reshape(B, Hkv * g, L,
+    D)``, as HF's ``repeat_kv`` writes it), or ``node`` itself where it is not such a repeat."""
+    reshape = node
+    if not (reshape.op == "call_method" and reshape.target in ("reshape", "view")):
+        return node
+    expand = reshape.args[0]
+    if not (isinstance(expand, torch.fx.Node) and expand.op == "call_method" and expand.target == "expand"):
+        return node
+    index = expand.args[0]
+    if not (
+        isinstance(index, torch.fx.Node) and index.op == "call_function" and index.target is operator.getitem
+    ):
+        return node
+    source, item = index.args
+    full = slice(None)
+    if not (isinstance(source, torch.fx.Node) and isinstance(item, tuple) and item[:3] == (full, full, None)):
+        return node
+    if any(i != full and i is not Ellipsis for i in item[3:]):
+        return node
+    src, expanded = _fake(source), _fake(expand)
+    if not isinstance(src, torch.Tensor) or not isinstance(expanded, torch.Tensor) or src.dim() != 4:
+        return node
+    b, kv_heads, length, dim = src.shape
+    if tuple(expanded.shape) != (b, kv_heads, heads // kv_heads, length, dim) or heads % kv_heads:
+        return node
+    return source
+
+
+def _erase_unused_repeats(gm: torch.fx.GraphModule) -> None:
+    """Drop the ``repeat_kv`` nodes the rewrite left without users (pure view ops: reshape, expand, indexing)."""
+    for node in reversed(list(gm.graph.nodes)):
+        pure = (node.op == "call_method" and node.target in ("reshape", "view", "expand")) or (
+            node.op == "call_function"
+            and node.target is operator.getitem
+            and isinstance(_fake(node), torch.Tensor)
+        )
+        if pure and not node.users:
+            gm.graph.erase_node(node)
+
+
+def _skip_reason(args: dict) -> str | None:
+    fakes = [_fake(args.get(name)) for name in ("query", "key", "value")]
     if any(not isinstance(t, torch.Tensor) for t in fakes):
         return "no example values for query / key / value"
     q, k, v = fakes
     if q.device.type != "cpu":
         return f"on {q.device.type}"
-    if q.dim() < 3 or k.dim() != q.dim() or v.dim() != q.dim():
-        return f"query / key / value of {q.dim()} / {k.dim()} / {v.dim()} dims"
-    rows, heads, kv_heads = q.shape[-2], q.shape[-3], k.shape[-3]
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return f"query / key / value of {q.dim()} / {k.dim()} / {v.dim()} dims (the decode kernel takes 4)"
+    if not (q.dtype == k.dtype == v.dtype):
+        return f"query / key / value of {q.dtype} / {k.dtype} / {v.dtype}"
+    rows, heads, kv_heads = q.shape[2], q.shape[1], k.shape[1]
     if not isinstance(rows, int) or rows > DECODE_QUERY_ROWS:
         return f"{rows} query rows (a prompt: more than {DECODE_QUERY_ROWS})"
-    if not isinstance(heads, int) or not isinstance(kv_heads, int):
-        return "symbolic head counts"
+    if not all(isinstance(s, int) for s in (*q.shape, *k.shape, *v.shape)):
+        return "symbolic sizes"
     if heads != kv_heads and not (args.get("enable_gqa") and heads % kv_heads == 0):
         return f"{heads} query heads over {kv_heads} KV heads without enable_gqa"
     if not isinstance(args.get("dropout_p", 0.0), (int, float)) or args.get("dropout_p", 0.0) != 0.0:
         return "dropout"
     if not isinstance(args.get("is_causal", False), bool):
         return "a traced is_causal"
+    if not isinstance(args.get("scale"), (int, float, type(None))):
+        return "a traced scale"
+    mask = args.get("attn_mask")
+    if mask is not None:
+        m = _fake(mask)
+        wanted = (q.shape[0], heads, rows, k.shape[2])
+        if not isinstance(m, torch.Tensor) or m.dim() != 4:
+            return "a mask that is not a 4-D tensor"
+        if any(not isinstance(s, int) or s not in (1, w) for s, w in zip(m.shape, wanted, strict=True)):
+            return f"a mask of shape {tuple(m.shape)}, not broadcast from {list(wanted)}"
+        if m.shape[3] != k.shape[2]:
+            return f"a mask of shape {tuple(m.shape)} broadcast over the key positions"
     return None

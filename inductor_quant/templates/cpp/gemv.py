@@ -44,7 +44,7 @@ def check_dense(template: str, nodes) -> None:
             )
 
 
-def _store_epilogue_nodes(kernel, Y, epilogue_nodes) -> list[str]:
+def store_epilogue_nodes(kernel, Y, epilogue_nodes) -> list[str]:
     """The C++ of the pointwise nodes Inductor's scheduler fused after a template, one loop nest per run of nodes of
     one shape. The nodes that compute on Y may see it as ``[..., N]`` (a 3-D activation): they get Y viewed in their
     shape. The scheduler also fuses nodes that do not read Y at all (it calls a node with no read of the template
@@ -115,7 +115,7 @@ class CppGemvTemplate(_I.CppTemplate):
 
         def store_epilogue() -> str:
             # Rendered after def_kernel, so the epilogue reads Y through the kernel's own argument.
-            return "\n".join(_store_epilogue_nodes(kernel, Y, epilogue_nodes))
+            return "\n".join(store_epilogue_nodes(kernel, Y, epilogue_nodes))
 
         options = dict(
             kernel=kernel,
