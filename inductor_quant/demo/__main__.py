@@ -1,6 +1,6 @@
 """The main job: generate text with a quantized model compiled by quant_inductor, beside eager and stock Inductor.
 
-python -m inductor_quant.demo [--model smollm2|random] [--model-path DIR] [--size tiny|small|base]
+python -m inductor_quant.demo [--model smollm2|random] [--model-path DIR] [--size tiny|small|base|7b-layers]
     [--dtype bfloat16] [--prompt-len 32] [--new-tokens 32] [--rounds 3] [--configs bf16,inductor,int8,int4,w4a8]
 
 Each variant runs ``generate()`` (greedy, one static cache per variant) with its forward compiled the way Hugging
