@@ -10,7 +10,7 @@ import torch
 from .._compat import inductor_internals
 from ..templates.cpp.decode_attention import CppDecodeAttentionTemplate
 from ..templates.cpp.gemv import cpp_templates_apply
-from .common import kernel_inputs, select
+from .common import all_static, kernel_inputs, select
 
 _I = inductor_internals()
 L = _I.lowering
@@ -19,18 +19,18 @@ log = logging.getLogger(__name__)
 
 @L.register_lowering(torch.ops.inductor_quant.decode_attention.default, type_promotion_kind=None)
 def decode_attention_lowering(query, key, value, attn_mask, is_causal, scale, *, layout=None):
-    inputs = kernel_inputs(query, key, value, attn_mask)
-    sizes = [s for node in inputs for s in node.get_size()]
+    sizes = [s for t in (query, key, value, attn_mask) if t is not None for s in t.get_size()]
     why = None
     if not cpp_templates_apply(query.get_device()):
         why = f"no C++ backend for {query.get_device()}"
-    elif not all(isinstance(s, int) or s.is_number for s in sizes):
+    elif not all_static(*sizes):
         why = "symbolic sizes"
     if why:
         log.info("decode_attention: the eager op (%s)", why)
         return L.fallback_handler(
             torch.ops.inductor_quant.decode_attention.default, add_to_fallback_set=False
         )(query, key, value, attn_mask, is_causal, scale)
+    inputs = kernel_inputs(query, key, value, attn_mask)
     q, _, v = inputs[:3]
     b, heads, rows, _ = (int(s) for s in q.get_size())
     layout = _I.ir.FixedLayout(q.get_device(), q.get_dtype(), [b, heads, rows, int(v.get_size()[3])])

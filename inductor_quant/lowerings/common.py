@@ -120,14 +120,15 @@ def kernel_inputs(*tensors) -> list:
     return out
 
 
-def _static(*sizes) -> bool:
+def all_static(*sizes) -> bool:
+    """Every size is a number (no symbol)."""
     return all(isinstance(s, int) or s.is_number for s in sizes)
 
 
 def is_static_decode(mat1, max_m: int) -> bool:
     """M (rows of the activation) is a static number of at most ``max_m``."""
     m = mat1.get_size()[0]
-    return _static(m) and int(m) <= max_m
+    return all_static(m) and int(m) <= max_m
 
 
 def gemv_applies(mat1, weight, max_m: int, k_step: int) -> bool:
@@ -135,7 +136,7 @@ def gemv_applies(mat1, weight, max_m: int, k_step: int) -> bool:
     of its ``k_step``."""
     if not cpp_templates_apply(mat1.get_device()):
         return False
-    if not _static(*mat1.get_size(), *weight.get_size()):
+    if not all_static(*mat1.get_size(), *weight.get_size()):
         return False
     m, k = (int(s) for s in mat1.get_size())
     return m <= max_m and k % k_step == 0

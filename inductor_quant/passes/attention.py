@@ -44,8 +44,10 @@ def decode_attention_pass(gm: torch.fx.GraphModule) -> int:
             continue
         query, key, value = args["query"], args["key"], args["value"]
         heads = _fake(query).shape[1]
+        bypassed: list[torch.fx.Node] = []
         if _fake(key).shape[1] == heads:
-            key, value = _unrepeated(key, heads), _unrepeated(value, heads)
+            (key, key_repeat), (value, value_repeat) = _unrepeated(key, heads), _unrepeated(value, heads)
+            bypassed = key_repeat + value_repeat
         scale = args.get("scale")
         if scale is None:
             scale = _fake(query).shape[3] ** -0.5
@@ -57,9 +59,11 @@ def decode_attention_pass(gm: torch.fx.GraphModule) -> int:
         new.meta = dict(node.meta)
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
+        for view in dict.fromkeys(bypassed):  # the repeat's view ops, once nothing else reads them
+            if not view.users:
+                gm.graph.erase_node(view)
         rewritten += 1
     if rewritten:
-        _erase_unused_repeats(gm)
         gm.recompile()
         counters["inductor_quant"]["decode_attention"] += rewritten
         log.info(
@@ -72,45 +76,34 @@ def _fake(node):
     return getattr(node, "meta", {}).get("example_value")
 
 
-def _unrepeated(node: torch.fx.Node, heads: int) -> torch.fx.Node:
+def _unrepeated(node: torch.fx.Node, heads: int) -> tuple[torch.fx.Node, list[torch.fx.Node]]:
     """The KV cache ``node`` was repeated from (``x[:, :, None].expand(B, Hkv, g, L, D).reshape(B, Hkv * g, L,
-    D)``, as HF's ``repeat_kv`` writes it), or ``node`` itself where it is not such a repeat."""
+    D)``, as HF's ``repeat_kv`` writes it) and the repeat's nodes, last first; ``(node, [])`` where ``node`` is not
+    such a repeat."""
     reshape = node
     if not (reshape.op == "call_method" and reshape.target in ("reshape", "view")):
-        return node
+        return node, []
     expand = reshape.args[0]
     if not (isinstance(expand, torch.fx.Node) and expand.op == "call_method" and expand.target == "expand"):
-        return node
+        return node, []
     index = expand.args[0]
     if not (
         isinstance(index, torch.fx.Node) and index.op == "call_function" and index.target is operator.getitem
     ):
-        return node
+        return node, []
     source, item = index.args
     full = slice(None)
     if not (isinstance(source, torch.fx.Node) and isinstance(item, tuple) and item[:3] == (full, full, None)):
-        return node
+        return node, []
     if any(i != full and i is not Ellipsis for i in item[3:]):
-        return node
+        return node, []
     src, expanded = _fake(source), _fake(expand)
     if not isinstance(src, torch.Tensor) or not isinstance(expanded, torch.Tensor) or src.dim() != 4:
-        return node
+        return node, []
     b, kv_heads, length, dim = src.shape
     if tuple(expanded.shape) != (b, kv_heads, heads // kv_heads, length, dim) or heads % kv_heads:
-        return node
-    return source
-
-
-def _erase_unused_repeats(gm: torch.fx.GraphModule) -> None:
-    """Drop the ``repeat_kv`` nodes the rewrite left without users (pure view ops: reshape, expand, indexing)."""
-    for node in reversed(list(gm.graph.nodes)):
-        pure = (node.op == "call_method" and node.target in ("reshape", "view", "expand")) or (
-            node.op == "call_function"
-            and node.target is operator.getitem
-            and isinstance(_fake(node), torch.Tensor)
-        )
-        if pure and not node.users:
-            gm.graph.erase_node(node)
+        return node, []
+    return source, [reshape, expand, index]
 
 
 def _skip_reason(args: dict) -> str | None:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import compile_and_run
 from torch import nn
 from torch._dynamo.utils import counters
+from torch._inductor.utils import run_and_get_code
 from torch.testing import FileCheck
 
 from inductor_quant.passes.attention import DECODE_QUERY_ROWS
@@ -64,6 +65,13 @@ def _case(case):
         is_causal = True
     if case == "scale":
         scale = 0.3
+    if case == "views":
+        # as a model hands them over: query heads transposed out of [B, M, H, D], the cache as rows of a wider
+        # buffer (a storage offset), one mask row expanded over the batch (stride 0)
+        q = q.transpose(1, 2).contiguous().transpose(1, 2)
+        wide_k, wide_v = torch.cat([k, k], dim=2), torch.cat([v, v], dim=2)
+        k, v = wide_k[:, :, length:], wide_v[:, :, length:]
+        mask = (torch.arange(length) < 25).view(1, 1, 1, -1).expand(2, 1, rows, -1)
     return q, k, v, mask, is_causal, scale
 
 
@@ -79,6 +87,7 @@ CASES = [
     "float32",
     "float16",
     "fully masked row",
+    "views",
 ]
 
 
@@ -100,6 +109,19 @@ def test_decode_attention_matches_aten_attention(case, compiled):
     # one rounding of an fp32 result to the output dtype
     tolerance = {torch.float32: 1e-5, torch.float16: 2**-10}.get(q.dtype, 2**-8)
     torch.testing.assert_close(out.double(), expected, atol=tolerance, rtol=tolerance)
+
+
+def test_symbolic_sizes_run_the_eager_op():
+    """With symbolic sizes (a dynamic graph) the template cannot be rendered: the op runs eagerly, same numbers."""
+    q, k, v, mask, is_causal, scale = _case("bool mask")
+    compiled = torch.compile(Op(), backend="quant_inductor", dynamic=True)
+    with torch.no_grad():
+        out, code = run_and_get_code(compiled, q, k, v, mask, is_causal, scale)
+    code = "\n".join(code)
+    assert "inductor_quant decode_attention" not in code
+    FileCheck().check("torch.ops.inductor_quant.decode_attention.default").run(code)
+    expected = _reference(q, k, v, attn_mask=mask, scale=scale)
+    torch.testing.assert_close(out.double(), expected, atol=2**-8, rtol=2**-8)
 
 
 def test_decode_attention_rejects_bad_shapes():

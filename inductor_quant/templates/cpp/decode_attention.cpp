@@ -21,7 +21,6 @@
 #define INDUCTOR_QUANT_ATTENTION_HELPERS  // a graph's kernels share one translation unit: define helpers once
 namespace {
 inline float iq_f32(float v) { return v; }
-inline float iq_f32(bool v) { return v ? 1.f : 0.f; }
 inline float iq_f32(at::Half v) { return static_cast<float>(v); }
 inline float iq_f32(at::BFloat16 v) {
     // the bf16 bits are the high half of the fp32 ones (exact); written out so the loops below vectorize
