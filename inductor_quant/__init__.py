@@ -14,7 +14,7 @@ from . import (
     nn,
     quantized_matmul,  # noqa: F401  (registers torch.ops.inductor_quant.quantized_matmul)
 )
-from .api import quantize_, weight_bytes
+from .api import quantize_, resident_weight_bytes, weight_bytes
 from .configs import (
     BitQuantConfig,
     Int4WeightOnlyConfig,
@@ -38,6 +38,7 @@ __all__ = [
     "nn",
     "quantize_",
     "save_safetensors",
+    "resident_weight_bytes",
     "weight_bytes",
 ]
 __version__ = "0.1.0"

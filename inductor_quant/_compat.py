@@ -85,3 +85,11 @@ def inductor_internals():
 class _Internals:
     def __init__(self, **names):
         self.__dict__.update(names)
+
+
+def loaded_graph_modules() -> list:
+    """The Python modules of the compiled graphs Inductor has loaded in this process; a frozen graph's module holds
+    its constants as attributes (``PyCodeCache`` keeps them all; ``backend`` drops a dead graph's constants)."""
+    from torch._inductor.codecache import PyCodeCache
+
+    return list(PyCodeCache.modules)

@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from .configs import Int4WeightOnlyConfig, Int8DynamicActivationInt4WeightConfig, Int8WeightOnlyConfig
@@ -199,4 +200,40 @@ def weight_bytes(model: nn.Module) -> int:
     return total
 
 
-__all__ = ["LayerNotQuantized", "quantize_", "register_quantize_module_handler", "weight_bytes"]
+def _storages(tensors) -> dict[int, int]:
+    """data pointer -> bytes of each distinct storage under ``tensors`` (a quantized weight by its inner tensors)."""
+    found: dict[int, int] = {}
+    stack = list(tensors)
+    while stack:
+        t = stack.pop()
+        if isinstance(t, QuantizedWeightTensor):
+            stack.extend(t._tensors())
+        elif isinstance(t, torch.Tensor) and t.device.type != "meta":
+            storage = t.untyped_storage()
+            if storage.nbytes():
+                found[storage.data_ptr()] = storage.nbytes()
+    return found
+
+
+def resident_weight_bytes(model: nn.Module) -> int:
+    """Bytes of the distinct storages that hold ``model``'s weights, measured by data pointer: its parameters and
+    buffers, and every constant of each compiled graph (loaded in this process) that holds one of them (a frozen
+    graph of this model: its prepacked weights, any copies). Compare with ``weight_bytes(model)``."""
+    from ._compat import loaded_graph_modules
+
+    own = _storages([*model.parameters(), *model.buffers()])
+    resident = dict(own)
+    for module in loaded_graph_modules():
+        held = _storages(v for v in vars(module).values() if isinstance(v, torch.Tensor))
+        if own.keys() & held.keys():
+            resident.update(held)
+    return sum(resident.values())
+
+
+__all__ = [
+    "LayerNotQuantized",
+    "quantize_",
+    "register_quantize_module_handler",
+    "resident_weight_bytes",
+    "weight_bytes",
+]

@@ -59,5 +59,5 @@ class Variant:
         )
 
     def weight_mib(self) -> float:
-        packed = sum(v for k, v in counters["inductor_quant"].items() if k.endswith("_prepacked_bytes"))
-        return (iq.weight_bytes(self.model) + packed) / 2**20
+        """The weights' resident MiB, measured: the model's storages and those of its compiled graphs."""
+        return iq.resident_weight_bytes(self.model) / 2**20

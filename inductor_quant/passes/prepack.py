@@ -28,6 +28,7 @@ the module's own weight (``options={"inductor_quant.prepack": False}`` turns thi
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import defaultdict
 from typing import NamedTuple
 
@@ -62,36 +63,119 @@ def _static_rows(x: Node) -> int | None:
     return v.shape[0]
 
 
+class _Made(NamedTuple):
+    sources: tuple[weakref.ref, ...]
+    versions: tuple[int | None, ...]
+    value: weakref.ref
+
+
+# Every constant this pass has made in this process, keyed by the ids of the frozen tensors it was computed from
+# (a frozen parameter is the module's own tensor, the same object in every graph) and what was made of them. Only
+# weak references: a constant lives while a compiled graph holds it, and is valid while its sources are the same
+# objects with unchanged version counters (an in-place edit, such as a LoRA merge, makes it again).
+_MADE: dict[tuple, _Made] = {}
+
+
+def _version(t: torch.Tensor) -> int | None:
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors have no version counter
+        return None
+
+
+def _shared(sources: list[torch.Tensor], tag: str, make) -> tuple[torch.Tensor, bool]:
+    """The constant ``make()`` computes from ``sources``, made once per process while any graph holds it.
+    Returns it and whether it was made now."""
+    key = (tuple(id(t) for t in sources), tag)
+    versions = tuple(_version(t) for t in sources)
+    hit = _MADE.get(key)
+    if hit is not None:
+        value = hit.value()
+        alive = all(ref() is t for ref, t in zip(hit.sources, sources, strict=True))
+        if value is not None and alive and hit.versions == versions:
+            return value, False
+    for stale in [
+        k for k, made in _MADE.items() if made.value() is None or any(r() is None for r in made.sources)
+    ]:
+        del _MADE[stale]
+    value = make()
+    _MADE[key] = _Made(tuple(weakref.ref(t) for t in sources), versions, weakref.ref(value))
+    return value, True
+
+
 class _Constants:
-    """New constants of the graph module, each made once (a weight shared by several linears is packed once)."""
+    """New constants of the graph module, each made once per process from the frozen weights it is computed from
+    (``_shared``): a weight read by several linears, by the prefill and decode graphs, by recompiles for new
+    shapes or by a second ``torch.compile`` of the model is packed once, and every graph holds that one copy."""
 
     def __init__(self, gm: GraphModule, counter: str):
         self.gm = gm
         self.counter = counter
-        self.made: dict[tuple, str] = {}
+        self.made: dict[str, int] = {}  # name -> bytes counted as made by this graph
+        # placeholders of weights concatenated for sibling fusion, computed only when packed:
+        # name -> (the frozen constants concatenated, along N)
+        self.pending: dict[str, tuple[str, ...]] = {}
 
-    def get(self, graph: Graph, key: tuple, make) -> Node:
-        if key not in self.made:
-            name = f"{key[0]}_iq_{key[1]}"
-            tensor = make()
-            self.gm.register_buffer(name, tensor)
-            self.made[key] = name
-            counters["inductor_quant"][self.counter] += tensor.numel() * tensor.element_size()
-        name = self.made[key]
+    def sources(self, name: str) -> tuple[str, ...]:
+        """The frozen constants a constant of the graph is computed from (itself, if it is one)."""
+        return self.pending.get(name, (name,))
+
+    def value(self, name: str) -> torch.Tensor:
+        """A constant's value: a pending concatenation is computed (and not kept)."""
+        if name in self.pending:
+            return torch.cat([getattr(self.gm, n) for n in self.pending[name]])
+        return getattr(self.gm, name)
+
+    def _node(self, graph: Graph, name: str) -> Node:
         node = graph.get_attr(name)
         value = getattr(self.gm, name)
         node.meta["val"] = torch.empty(value.shape, dtype=value.dtype, device="meta")
         return node
 
+    def get(self, graph: Graph, sources: tuple[str, ...], tag: str, make) -> Node:
+        """The constant ``make()`` computes from the graph constants ``sources``, as a ``get_attr`` node."""
+        name = f"{'_'.join(sources)}_iq_{tag}"
+        if name not in self.made:
+            frozen = [getattr(self.gm, n) for s in sources for n in self.sources(s)]
+            tensor, new = _shared(frozen, tag, make)
+            self.gm.register_buffer(name, tensor)
+            nbytes = tensor.numel() * tensor.element_size()
+            self.made[name] = nbytes if new else 0
+            counters["inductor_quant"][self.counter if new else "prepack_reused_bytes"] += nbytes
+        return self._node(graph, name)
+
+    def concatenation(self, graph: Graph, sources: tuple[str, ...]) -> Node:
+        """The weights ``sources`` concatenated along N, as a placeholder with no storage of its own: the packing
+        of the fused linear computes the concatenation from the sources (``value``) and only its packed copy is
+        made. ``materialize_pending`` makes any placeholder still read after packing a real constant."""
+        name = f"{'_'.join(sources)}_iq_cat"
+        if name not in self.pending:
+            first = getattr(self.gm, sources[0])
+            rows = sum(getattr(self.gm, n).shape[0] for n in sources)
+            self.gm.register_buffer(name, first.new_zeros(()).expand(rows, *first.shape[1:]))
+            self.pending[name] = sources
+        return self._node(graph, name)
+
+    def materialize_pending(self, graph: Graph) -> None:
+        for name, sources in self.pending.items():
+            readers = [n for n in graph.nodes if n.op == "get_attr" and n.target == name and n.users]
+            if readers:
+                del self.gm._buffers[name]
+                tensor, _ = _shared(
+                    [getattr(self.gm, s) for s in sources],
+                    "cat",
+                    lambda s=sources: torch.cat([getattr(self.gm, n) for n in s]),
+                )
+                self.gm.register_buffer(name, tensor)
+        self.pending.clear()
+
     def drop_unused(self, graph: Graph) -> None:
         """Delete the constants this made that no node of ``graph`` reads any more (and uncount them)."""
         used = {node.target for node in graph.nodes if node.op == "get_attr"}
-        for key, name in list(self.made.items()):
-            if name not in used:
-                tensor = getattr(self.gm, name)
-                counters["inductor_quant"][self.counter] -= tensor.numel() * tensor.element_size()
+        for name in [*self.made, *self.pending]:
+            if name not in used and hasattr(self.gm, name):
                 delattr(self.gm, name)
-                del self.made[key]
+                counters["inductor_quant"][self.counter] -= self.made.pop(name, 0)
 
 
 def _skip_reason(node: Node, x: Node, weights: list[Node], gm: GraphModule, k_multiple: int) -> str | None:
@@ -141,11 +225,13 @@ def prepack_weights(graph: Graph) -> int:
     int8 = _Constants(gm, "int8_prepacked_bytes")
     int4 = _Constants(gm, "int4_prepacked_bytes")
     ternary = _Constants(gm, "ternary_scale_repeated_bytes")
-    concatenated = {
-        torch.ops.inductor_quant.int8_weight_linear.default: _Constants(gm, "int8_prepacked_bytes"),
-        torch.ops.inductor_quant.int4_weight_linear.default: _Constants(gm, "int4_prepacked_bytes"),
-    }
-    _fuse_siblings(graph, concatenated)
+    _fuse_siblings(
+        graph,
+        {
+            torch.ops.inductor_quant.int8_weight_linear.default: int8,
+            torch.ops.inductor_quant.int4_weight_linear.default: int4,
+        },
+    )
     count = 0
     for node in list(graph.nodes):
         if node.op != "call_function":
@@ -163,8 +249,9 @@ def prepack_weights(graph: Graph) -> int:
     for node in list(graph.nodes):
         if node.op == "get_attr" and not node.users:
             graph.erase_node(node)
-    for consts in concatenated.values():
-        consts.drop_unused(graph)  # concatenations that were packed (the packed copy is what the graph holds)
+    for consts in (int8, int4, ternary):
+        consts.materialize_pending(graph)  # (a fused weight is only read packed: defensive)
+        consts.drop_unused(graph)
     return count
 
 
@@ -253,11 +340,12 @@ def _fuse(graph: Graph, nodes: list[Node], consts: _Constants) -> None:
             if args[0][i] is None:
                 continue
             names = tuple(a[i].target for a in args)
-            fused_args[i] = consts.get(
-                graph,
-                ("_".join(names), "cat"),
-                lambda names=names: torch.cat([getattr(gm, n) for n in names]),
-            )
+            if i == 1:  # the weight: only its packed copy is made
+                fused_args[i] = consts.concatenation(graph, names)
+            else:
+                fused_args[i] = consts.get(
+                    graph, names, "cat", lambda names=names: torch.cat([getattr(gm, n) for n in names])
+                )
         fused = graph.call_function(nodes[0].target, tuple(fused_args))
         fused.meta.update(nodes[0].meta)
         val = nodes[0].meta["val"]
@@ -287,10 +375,9 @@ def _prepack_int8(graph: Graph, node: Node, consts: _Constants) -> int:
     if why:
         log.debug("not prepacked: %s: %s", node.name, why)
         return 0
-    weight = getattr(consts.gm, w.target)
-    n, k = weight.shape
+    n, k = getattr(consts.gm, w.target).shape
     with graph.inserting_before(node):
-        packed = consts.get(graph, (w.target, "packed"), lambda: pack_int8_blocked(weight))
+        packed = consts.get(graph, (w.target,), "packed", lambda: pack_int8_blocked(consts.value(w.target)))
     _swap(
         graph,
         node,
@@ -311,7 +398,7 @@ def _repeat_ternary_scale(graph: Graph, node: Node, consts: _Constants) -> None:
     if scale.numel() != 1 or n <= 8:
         return
     with graph.inserting_before(node):
-        repeated = consts.get(graph, (weight_scale.target, f"x{n}"), lambda: scale.expand(n).contiguous())
+        repeated = consts.get(graph, (weight_scale.target,), f"x{n}", lambda: scale.expand(n).contiguous())
     node.update_arg(3, repeated)
     counters["inductor_quant"]["ternary_scale_repeated"] += 1
     log.debug(
@@ -334,14 +421,18 @@ def _prepack_int4(graph: Graph, node: Node, consts: _Constants) -> int:
     n = qdata.shape[0]
     with graph.inserting_before(node):
         packed = consts.get(
-            graph, (q.target, "packed"), lambda: pack_int4_blocked(F.pad(qdata, (0, pad // 2)))
+            graph,
+            (q.target,),
+            "packed",
+            lambda: pack_int4_blocked(F.pad(consts.value(q.target), (0, pad // 2))),
         )
         if pad:
             scale, zero_point = (
                 consts.get(
                     graph,
-                    (t.target, "padded"),
-                    lambda t=t: F.pad(getattr(consts.gm, t.target), (0, pad // group_size)),
+                    (t.target,),
+                    "padded",
+                    lambda t=t: F.pad(consts.value(t.target), (0, pad // group_size)),
                 )
                 for t in (scale, zero_point)
             )
@@ -368,9 +459,9 @@ def _prepack_int4_a8(graph: Graph, node: Node, consts: _Constants) -> int:
     qdata = getattr(consts.gm, q.target)
     n = qdata.shape[0]
     with graph.inserting_before(node):
-        packed = consts.get(graph, (q.target, "lanes"), lambda: pack_int4_lanes(qdata))
+        packed = consts.get(graph, (q.target,), "lanes", lambda: pack_int4_lanes(qdata))
         s, z = (
-            consts.get(graph, (t.target, "lanes"), lambda t=t: pack_group_lanes(getattr(consts.gm, t.target)))
+            consts.get(graph, (t.target,), "lanes", lambda t=t: pack_group_lanes(consts.value(t.target)))
             for t in (scale, zero_point)
         )
     _swap(
@@ -408,12 +499,13 @@ def _prepack_aten_int4(graph: Graph, node: Node, consts: _Constants) -> int:
     with graph.inserting_before(node):
         packed = consts.get(
             graph,
-            (w.target, "from_aten"),
+            (w.target,),
+            "from_aten",
             lambda: pack_int4_blocked(pack_int4(unpack_aten_int4(weight, n, k))),
         )
-        scale = consts.get(graph, (sz.target, "scale"), lambda: sz32[:, :, 0].t().contiguous())
+        scale = consts.get(graph, (sz.target,), "scale", lambda: sz32[:, :, 0].t().contiguous())
         offset = consts.get(
-            graph, (sz.target, "offset"), lambda: (sz32[:, :, 1] - 8 * sz32[:, :, 0]).t().contiguous()
+            graph, (sz.target,), "offset", lambda: (sz32[:, :, 1] - 8 * sz32[:, :, 0]).t().contiguous()
         )
     _swap(
         graph,

@@ -211,3 +211,52 @@ def test_linears_of_different_schemes_are_not_fused():
         out, _ = compile_and_run(model, x)
     assert counters["inductor_quant"]["linears_fused"] == 1  # q and v; k is int4
     verify(out, expected)
+
+
+# --- one copy: a model's weights are packed once, whatever graphs read them ------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_every_graph_of_a_model_shares_one_packed_copy(scheme):
+    """HF generate() with a static cache, compiled with static shapes: each prompt length is a graph of its own
+    (M <= 16: prepacked), as are the one-token step and a second torch.compile of the model. The storages that hold
+    the model's weights, counted by data pointer over the module and every graph that holds one of them, are the
+    module's own plus one packed copy per weight, after the first generate() and after all of them."""
+    import inductor_quant as iq
+
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        max_position_embeddings=64,
+    )
+    model = transformers.LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    iq.quantize_(
+        model, iq.Int8WeightOnlyConfig() if scheme == "int8" else iq.Int4WeightOnlyConfig(group_size=32)
+    )
+    forward = model.forward
+
+    def generate(length):
+        ids = torch.randint(3, 512, (1, length), generator=torch.Generator().manual_seed(length))
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=2, do_sample=False, cache_implementation="static")
+
+    model.forward = torch.compile(forward, backend="quant_inductor", dynamic=False)
+    generate(5)
+    packed = counters["inductor_quant"][f"{scheme}_prepacked_bytes"]
+    first = iq.resident_weight_bytes(model)
+    # (+ constants Inductor folds for each graph that are not weights, such as rope's 16 inverse frequencies)
+    slack = 0.002 * iq.weight_bytes(model)
+    assert packed > 0 and first <= iq.weight_bytes(model) + packed + slack
+    generate(9)
+    model.forward = torch.compile(forward, backend="quant_inductor", dynamic=False)  # a second compile
+    generate(5)
+    assert counters["stats"]["unique_graphs"] == 5  # prompts of 5, 9 and again 5 tokens, two step graphs
+    assert counters["inductor_quant"][f"{scheme}_prepacked_bytes"] == packed  # nothing packed twice
+    assert counters["inductor_quant"]["prepack_reused_bytes"] >= 4 * packed
+    assert iq.resident_weight_bytes(model) <= first + slack
