@@ -226,14 +226,13 @@ def test_uneven_shards_and_group_cutting_splits():
 
 
 def test_readme_torchrun_example(tmp_path):
-    """The README's tensor-parallel example, run as it says: torchrun with 2 processes."""
+    """The tensor-parallel example of docs/tensor_parallel.md, run as it says: torchrun with 2 processes."""
     import pathlib
     import subprocess
     import sys
 
-    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
-    section = readme[readme.index("## Tensor parallelism") :]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    doc = (pathlib.Path(__file__).parents[2] / "docs" / "tensor_parallel.md").read_text()
+    code = re.search(r"```python torchrun\n(.*?)```", doc, re.S).group(1)
     (tmp_path / "tp_example.py").write_text(code)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD)]
     # each worker's stdout to its own file: the ranks' prints interleave (and split lines) on a shared stdout

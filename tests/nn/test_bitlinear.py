@@ -200,17 +200,14 @@ def test_from_linear_copies_weight_and_bias():
     assert "deployed=False" in repr(layer)
 
 
-def test_the_readme_example_runs(tmp_path, monkeypatch):
-    """The README's BitLinear section is runnable as written (train -> eval -> deploy -> save -> compile)."""
-    import pathlib
-    import re
+def test_the_docs_example_runs(tmp_path, monkeypatch):
+    """docs/bitlinear.md's example is runnable as written (train -> eval -> deploy -> save -> compile)."""
+    from test_docs import docs_blocks
 
-    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
-    section = readme[readme.index("## BitLinear") :]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (code,) = docs_blocks("bitlinear.md", "python checked")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/bitlinear.md", "exec"), namespace)
     assert namespace["y"].shape == (1, 256)
     assert all(namespace["model"][i].is_deployed for i in (0, 2))
     assert set(torch.load(tmp_path / "bitnet.pt", weights_only=True)) == {

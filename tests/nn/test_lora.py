@@ -250,21 +250,17 @@ def test_bad_values_name_themselves():
         layer.delete_adapter("a")
 
 
-def test_readme_examples_run(tmp_path, monkeypatch):
-    """The README's LoRA section (both examples, in one namespace) is runnable as written."""
-    import pathlib
-    import re
+def test_docs_examples_run(tmp_path, monkeypatch):
+    """docs/lora.md's two examples (in one namespace) are runnable as written."""
+    from test_docs import docs_blocks
 
     pytest.importorskip("peft")
-    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
-    start = readme.index("## LoRA on quantized layers")
-    section = readme[start : readme.index("\n## ", start + 1)]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    blocks = docs_blocks("lora.md", "python checked")
     assert len(blocks) == 2
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for code in blocks:
-        exec(compile(code, "README.md", "exec"), namespace)
+        exec(compile(code, "docs/lora.md", "exec"), namespace)
     assert counters["inductor_quant"]["int8_lowered"] == 2  # the compiled training step ran the int8 kernels
     deployed, merged = namespace["deployed"], namespace["merged"]
     assert type(deployed[0]) is nn.Linear and isinstance(deployed[0].weight, iq.Int8WeightTensor)

@@ -126,17 +126,14 @@ def test_bad_values_name_themselves():
         layer.load_quantized_weight(torch.zeros(4, 64, dtype=torch.int8), s[:4])
 
 
-def test_readme_example_runs(tmp_path, monkeypatch):
-    """The README's quantized_matmul section is runnable as written."""
-    import pathlib
-    import re
+def test_docs_example_runs(tmp_path, monkeypatch):
+    """docs/quantized_matmul.md's example is runnable as written."""
+    from test_docs import docs_blocks
 
-    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
-    section = readme[readme.index("## quantized_matmul and QuantizedLinear") :]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (code,) = docs_blocks("quantized_matmul.md", "python checked")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/quantized_matmul.md", "exec"), namespace)
     assert namespace["y"].shape == (3, 64) and namespace["y"].dtype == torch.bfloat16
     assert namespace["out"].shape == (8, 64)
     assert counters["inductor_quant"]["int8_dynamic_kernel_int_mm"] == 2
