@@ -141,7 +141,7 @@ def _lift_module_state_to_attributes(gm: torch.fx.GraphModule, example_inputs: S
     from torch._guards import TracingContext
 
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    kept = []
+    kept, frozen_sources = [], []
     for i, (node, value) in enumerate(zip(placeholders, example_inputs, strict=True)):
         is_state = (
             isinstance(value, torch.Tensor)
@@ -157,7 +157,7 @@ def _lift_module_state_to_attributes(gm: torch.fx.GraphModule, example_inputs: S
         # The compiled graph now holds this tensor's values: it may only serve calls that see this very tensor.
         # Dynamo traced it as an input, without the identity guard it adds when it traces with freezing on,
         # so without this guard another model of the same architecture would run on this model's weights.
-        _guard_identity(node.meta["grapharg"].source)
+        frozen_sources.append(node.meta["grapharg"].source)
         if isinstance(value, torch.nn.Parameter):
             gm.register_parameter(name, value)
         else:
@@ -169,21 +169,41 @@ def _lift_module_state_to_attributes(gm: torch.fx.GraphModule, example_inputs: S
         gm._param_name_to_source[name] = node.meta["grapharg"].source
         node.replace_all_uses_with(attr)
         gm.graph.erase_node(node)
+    _guard_identities(frozen_sources)
     gm.recompile()
     return kept
 
 
-def _guard_identity(source: Any) -> None:
-    """Guard a frozen tensor by identity alone. Dynamo traced it as an input and guards its metadata (dtype, shape,
+def _guard_identities(sources: list[Any]) -> None:
+    """Guard frozen tensors by identity alone. Dynamo traced them as inputs and guards their metadata (dtype, shape,
     strides, and those of a subclass's inner tensors: three tensor checks per quantized weight, ~700 per graph of a
-    30-layer model, about 1 ms of every call). A frozen graph serves that very tensor's values and does not see
-    later updates of them (the freezing contract above), so its metadata checks guard nothing more: one identity
-    check replaces them."""
+    30-layer model, about 1 ms of every call). A frozen graph serves those very tensors' values and does not see
+    later updates of them (the freezing contract above), so their metadata checks guard nothing more: one identity
+    check each replaces them. The guards from (or under) these sources are dropped in one pass over the guards:
+    Dynamo's ``remove_guards_with_source`` rescans them all per source, ~20 s of a 30-layer model's compile."""
     from torch._dynamo.guards import GuardBuilder, install_guard
+    from torch._dynamo.source import ChainedSource
     from torch._guards import TracingContext
 
-    TracingContext.get().guards_context.dynamo_guards.remove_guards_with_source(source)
-    install_guard(source.make_guard(GuardBuilder.ID_MATCH))
+    if not sources:
+        return
+    targets = set(sources)
+
+    def frozen(source: Any) -> bool:  # Dynamo's is_from_source, against all the targets at once
+        while source not in targets:
+            if not isinstance(source, ChainedSource):
+                return False
+            source = source.base
+        return True
+
+    guards = TracingContext.get().guards_context.dynamo_guards
+    kept = [g for g in guards.inner if not frozen(g.originating_source)]
+    guards.inner = type(guards.inner)(kept)
+    guards.source_to_guards.clear()
+    for guard in kept:
+        guards.track_guard_by_source(guard)
+    for source in sources:
+        install_guard(source.make_guard(GuardBuilder.ID_MATCH))
 
 
 def _compile_releasing_constants(*args: Any, **kwargs: Any) -> Any:
