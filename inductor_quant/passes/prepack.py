@@ -3,8 +3,9 @@ into the blocked layouts the GEMV kernels stream fastest.
 
 Runs as Inductor's ``post_grad_custom_post_pass``, after freezing has turned parameters into ``get_attr``
 constants. Only graphs whose activation rows M are static and at most ``MAX_M`` are packed: larger M is prefill,
-served by kernels that read the plain weight. A packed weight is a new tensor held by the compiled graph next to
-the module's own weight (``options={"inductor_quant.prepack": False}`` turns this off).
+served by kernels that read the plain weight. A packed weight is a new tensor beside the module's own weight, made
+once per process and shared by every graph that reads it (``_shared``: the prompt's and the step's graphs,
+recompiles, a second ``torch.compile``); ``options={"inductor_quant.prepack": False}`` turns packing off.
 
 * ``int8_weight_linear`` -> ``int8_weight_linear_packed`` (``primitives.pack_int8_blocked``);
 * ``int4_weight_linear`` -> ``int4_weight_linear_packed`` (``primitives.pack_int4_blocked``; a K that is not a
@@ -157,6 +158,7 @@ class _Constants:
         return self._node(graph, name)
 
     def materialize_pending(self, graph: Graph) -> None:
+        """Make every concatenation placeholder that a node still reads a real constant."""
         for name, sources in self.pending.items():
             readers = [n for n in graph.nodes if n.op == "get_attr" and n.target == name and n.users]
             if readers:

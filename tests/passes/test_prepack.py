@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -260,3 +262,9 @@ def test_every_graph_of_a_model_shares_one_packed_copy(scheme):
     assert counters["inductor_quant"][f"{scheme}_prepacked_bytes"] == packed  # nothing packed twice
     assert counters["inductor_quant"]["prepack_reused_bytes"] >= 4 * packed
     assert iq.resident_weight_bytes(model) <= first + slack
+
+    # the packed copies go with the graphs that hold them
+    model.forward = forward
+    torch._dynamo.reset()
+    gc.collect()
+    assert iq.resident_weight_bytes(model) == iq.weight_bytes(model)
