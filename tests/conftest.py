@@ -107,6 +107,23 @@ def int8_weight(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
     return w, q, s
 
 
+def small_llama(dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A 2-layer ``LlamaForCausalLM`` with seeded random weights (hidden 128, 4 query / 2 KV heads, vocab 512)."""
+    import transformers
+
+    config = transformers.LlamaConfig(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        max_position_embeddings=512,
+    )
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).to(dtype).eval()
+
+
 class ScaledLinear(nn.Module):
     """`F.linear(x, w.to(x.dtype)) * scale + bias`, the gpt-fast line, on given int8 data."""
 

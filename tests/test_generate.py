@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import small_llama
 from torch._dynamo.utils import counters
 
 import inductor_quant as iq
@@ -14,18 +15,8 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=512,
-        max_position_embeddings=512,
-    )
     # fp32 activations: compiled and eager logits agree to ~1e-6, so greedy tokens cannot flip on rounding
-    return iq.quantize_(transformers.LlamaForCausalLM(config).eval(), iq.Int8WeightOnlyConfig())
+    return iq.quantize_(small_llama(torch.float32), iq.Int8WeightOnlyConfig())
 
 
 def _prompt(length: int, seed: int = 0) -> torch.Tensor:

@@ -7,7 +7,7 @@ import gc
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compile_and_run, constant_bytes, constant_sizes, int8_weight, verify
+from conftest import compile_and_run, constant_bytes, constant_sizes, int8_weight, small_llama, verify
 from torch import nn
 from torch._dynamo.utils import counters
 from torch.testing import FileCheck
@@ -226,18 +226,8 @@ def test_every_graph_of_a_model_shares_one_packed_copy(scheme):
     module's own plus one packed copy per weight, after the first generate() and after all of them."""
     import inductor_quant as iq
 
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=512,
-        max_position_embeddings=64,
-    )
-    model = transformers.LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    pytest.importorskip("transformers")
+    model = small_llama(torch.bfloat16)
     iq.quantize_(
         model, iq.Int8WeightOnlyConfig() if scheme == "int8" else iq.Int4WeightOnlyConfig(group_size=32)
     )
