@@ -12,7 +12,8 @@ as is the one-token step), ``generate()`` with a static cache for each prompt le
   that holds one of its weights (packed copies, concatenations), and its ratio to the quantized bytes;
 * RSS +MiB: the process's resident set after all the generates minus before the first compile; peak +MiB: its
   high-water mark above that same baseline (reset before compiling through ``/proc/self/clear_refs``);
-* graphs: Dynamo's unique graphs; compile s: the wall time of all the generates (compiles included).
+* graphs: Dynamo's unique graphs; compile s: the wall time of all the generates (compiles included), cold: each
+  row compiles into an Inductor cache directory of its own, deleted after it.
 
 Rows: eager bf16, stock Inductor on the bf16 model, quant_inductor on each config, and int8 with
 ``inductor_quant.prepack`` off (the plain weights only: what prepacking costs).
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -114,23 +117,11 @@ def main() -> None:
     header = f"{'config':15} {'quantized MiB':>13} {'resident MiB':>12} {'ratio':>6} {'RSS +MiB':>9} {'peak +MiB':>9}"
     print(header + f" {'graphs':>6} {'compile s':>9}")
     for name in args.configs.split(","):
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--row",
-                name,
-                "--size",
-                args.size,
-                "--prompts",
-                args.prompts,
-                "--new-tokens",
-                str(args.new_tokens),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        command = [sys.executable, __file__, "--row", name, "--size", args.size, "--prompts", args.prompts]
+        command += ["--new-tokens", str(args.new_tokens)]
+        with tempfile.TemporaryDirectory() as cache:  # a cold compile: an Inductor cache of its own
+            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+            out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(
             f"{name:15} {r['quantized MiB']:13.1f} {r['resident MiB']:12.1f} "
