@@ -43,6 +43,8 @@ def test_forced_kernel_matches_reference(kernel, marker, frozen, m, n, k, dtype,
     model, x, expected = _case(m, n, k, dtype, bias=(m % 2 == 1))
     out, code = compile_and_run(model, x, grad=not frozen)
     FileCheck().check(marker).run(code)
+    if marker == "weight=row-major" and m == 1 and dtype == torch.bfloat16:
+        assert "#define IQ_ROWWISE" in code  # one bf16 row on a plain weight: the row-at-a-time walk
     assert counters["inductor_quant"]["int8_lowered"] == 1
     verify(out, expected)
 
