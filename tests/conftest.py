@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch._dynamo.utils import counters
-from torch._inductor.utils import fresh_cache, run_and_get_code
+from torch._inductor.utils import clear_caches, fresh_cache, run_and_get_code
 
 import inductor_quant  # noqa: F401  (registers the ops and the subclass)
 from inductor_quant.lowerings import common as lowering_common
@@ -39,27 +39,61 @@ def _reset_compile_state() -> None:
     torch._dynamo.reset()
     counters.clear()
     lowering_common.reset_tuning_cache()
+    clear_caches()
+
+
+# Off for the whole run (and, through the environment, for the processes tests launch): a hit would return a compiled
+# graph without running the package's passes, lowerings or autotuning, which is what the tests are about.
+_GRAPH_CACHES_OFF = {"TORCHINDUCTOR_FX_GRAPH_CACHE": "0", "TORCHINDUCTOR_AUTOGRAD_CACHE": "0"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_kernel_cache():
+    """One Inductor cache directory for the whole run, removed at its end: identical generated C++ / Triton sources
+    (the same model or layer in several tests) are compiled once. Compiled graphs are never cached (see above), so
+    every test still traces, rewrites, lowers and tunes afresh."""
+    import os
+
+    from torch._functorch import config as functorch_config
+    from torch._inductor import config as inductor_config
+
+    saved = {name: os.environ.get(name) for name in _GRAPH_CACHES_OFF}
+    os.environ.update(_GRAPH_CACHES_OFF)
+    try:
+        with (
+            fresh_cache(),
+            inductor_config.patch(fx_graph_cache=False, autotune_local_cache=False),
+            functorch_config.patch(enable_autograd_cache=False),
+        ):
+            yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(autouse=True)
-def _fresh_compile_state(request):
-    """Every test compiles from scratch: no Dynamo cache, no FX-graph cache hit, no remembered tuning. A module
-    that sets ``SHARE_KERNEL_CACHE = True`` (a grid of models whose kernels repeat) keeps one Inductor cache
-    directory for all its tests instead: each test still traces, lowers and tunes afresh, and identical generated
-    C++ / Triton sources are compiled once."""
+def _fresh_compile_state():
+    """Every test compiles from scratch: no Dynamo cache, no compiled graph from another test, no remembered tuning,
+    no in-memory module of another test (the compiled kernels on disk are shared, see ``_session_kernel_cache``)."""
     _reset_compile_state()
-    if getattr(request.module, "SHARE_KERNEL_CACHE", False):
-        request.getfixturevalue("_module_cache")
-        yield
-    else:
-        with fresh_cache():
-            yield
+    yield
     torch._dynamo.reset()
 
 
-@pytest.fixture(scope="module")
-def _module_cache():
-    with fresh_cache():
+@pytest.fixture
+def graph_caches():
+    """For tests of the FX-graph cache itself: a cache directory of their own with the graph caches on."""
+    from torch._functorch import config as functorch_config
+    from torch._inductor import config as inductor_config
+
+    with (
+        fresh_cache(),
+        inductor_config.patch(fx_graph_cache=True),
+        functorch_config.patch(enable_autograd_cache=True),
+    ):
         yield
 
 

@@ -154,7 +154,7 @@ def _gpt_fast_linear() -> ScaledLinear:
     return ScaledLinear(q, s.to(torch.bfloat16))
 
 
-def test_fx_graph_cache_hits_and_a_changed_package_misses(monkeypatch):
+def test_fx_graph_cache_hits_and_a_changed_package_misses(monkeypatch, graph_caches):
     x = torch.randn(2, 64, dtype=torch.bfloat16)
     no_prepack = {"inductor_quant.prepack": False}
     compile_and_run(_gpt_fast_linear(), x, options=no_prepack)
@@ -170,7 +170,7 @@ def test_fx_graph_cache_hits_and_a_changed_package_misses(monkeypatch):
     assert counters["inductor"]["fxgraph_cache_miss"] == 2 and counters["inductor"]["fxgraph_cache_hit"] == 1
 
 
-def test_prepacked_graphs_bypass_the_fx_graph_cache():
+def test_prepacked_graphs_bypass_the_fx_graph_cache(graph_caches):
     """A cached frozen graph would carry a copy of every packed weight into the cache directory."""
     x = torch.randn(2, 64, dtype=torch.bfloat16)
     for _ in range(2):

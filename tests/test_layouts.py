@@ -31,7 +31,6 @@ from inductor_quant.primitives import (
     ternary_linear_reference,
 )
 
-SHARE_KERNEL_CACHE = True  # conftest: one Inductor cache for the grid (its kernels repeat across modes)
 K, N = 128, 72  # N: not a multiple of the kernels' 16 / 64-row blocks (tails)
 # fp32 reference vs a bf16 output: one rounding of the output (~50 dB), plus the bf16 rounding of a widened weight
 # on the prefill path; a misread layout is ~0 dB.

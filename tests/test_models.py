@@ -18,7 +18,6 @@ from inductor_quant.primitives import sqnr
 
 transformers = pytest.importorskip("transformers")
 
-SHARE_KERNEL_CACHE = True  # conftest: one Inductor cache for the grid (its kernels repeat across families)
 
 MIN_STEP_SQNR_DB = (
     30.0  # two bf16 runs of a 2-layer model differ by 40-48 dB per step here; a misread layout ~0

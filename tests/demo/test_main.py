@@ -9,8 +9,6 @@ import torch
 from inductor_quant.demo.__main__ import main
 from inductor_quant.demo.models import build_random, smollm2_folder
 
-SHARE_KERNEL_CACHE = True  # conftest: one Inductor cache for this module (its runs compile the same kernels)
-
 
 def test_demo_generates_with_every_variant_and_passes_its_floors(capsys):
     assert main(["--model", "random", "--size", "tiny", "--new-tokens", "4", "--rounds", "1"]) == 0
