@@ -258,3 +258,39 @@ def test_every_graph_of_a_model_shares_one_packed_copy(scheme):
     torch._dynamo.reset()
     gc.collect()
     assert iq.resident_weight_bytes(model) == iq.weight_bytes(model)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_a_compiled_model_still_saves_runs_and_compiles_as_before(scheme, tmp_path):
+    """Packing never touches the module's own tensors. After quant_inductor has compiled and run a model (its
+    weights packed), the state dict and a safetensors round trip of it hold quantize_'s values bit for bit, the
+    eager model answers exactly as before compiling, a Dynamo reset and recompile answers as the first compile did,
+    and stock Inductor on the same model takes its own path (no packing) to the same answer."""
+    import inductor_quant as iq
+
+    pytest.importorskip("transformers")
+    model = small_llama(torch.bfloat16)
+    iq.quantize_(
+        model, iq.Int8WeightOnlyConfig() if scheme == "int8" else iq.Int4WeightOnlyConfig(group_size=32)
+    )
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    ids = torch.randint(3, 512, (1, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eager = model(ids).logits
+        first = torch.compile(model, backend="quant_inductor")(ids).logits
+        assert counters["inductor_quant"][f"{scheme}_prepacked"] > 0
+        verify(first, eager)
+
+        after = model.state_dict()
+        iq.save_safetensors(model, tmp_path / "model.safetensors")
+        loaded = iq.load_safetensors(tmp_path / "model.safetensors")
+        for name, value in before.items():  # subclasses compare every field and attribute
+            assert torch.equal(after[name], value) and torch.equal(loaded[name], value), name
+        assert torch.equal(model(ids).logits, eager)
+
+        torch._dynamo.reset()
+        verify(torch.compile(model, backend="quant_inductor")(ids).logits, first)
+        packed = counters["inductor_quant"][f"{scheme}_prepacked"]
+        torch._dynamo.reset()
+        verify(torch.compile(model)(ids).logits, eager)
+        assert counters["inductor_quant"][f"{scheme}_prepacked"] == packed
