@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch._dynamo.utils import counters
+from torch._functorch import config as functorch_config
+from torch._inductor import config as inductor_config
 from torch._inductor.utils import clear_caches, fresh_cache, run_and_get_code
 
 import inductor_quant  # noqa: F401  (registers the ops and the subclass)
@@ -52,26 +54,15 @@ def _session_kernel_cache():
     """One Inductor cache directory for the whole run, removed at its end: identical generated C++ / Triton sources
     (the same model or layer in several tests) are compiled once. Compiled graphs are never cached (see above), so
     every test still traces, rewrites, lowers and tunes afresh."""
-    import os
-
-    from torch._functorch import config as functorch_config
-    from torch._inductor import config as inductor_config
-
-    saved = {name: os.environ.get(name) for name in _GRAPH_CACHES_OFF}
-    os.environ.update(_GRAPH_CACHES_OFF)
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in _GRAPH_CACHES_OFF.items():
+            env.setenv(name, value)
         with (
             fresh_cache(),
             inductor_config.patch(fx_graph_cache=False, autotune_local_cache=False),
             functorch_config.patch(enable_autograd_cache=False),
         ):
             yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture(autouse=True)
@@ -86,9 +77,6 @@ def _fresh_compile_state():
 @pytest.fixture
 def graph_caches():
     """For tests of the FX-graph cache itself: a cache directory of their own with the graph caches on."""
-    from torch._functorch import config as functorch_config
-    from torch._inductor import config as inductor_config
-
     with (
         fresh_cache(),
         inductor_config.patch(fx_graph_cache=True),
