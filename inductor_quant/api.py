@@ -143,6 +143,7 @@ def _int8_weight_only(module: nn.Module, config: Int8WeightOnlyConfig) -> nn.Mod
     weight, transposed = _float_weight(module)
     qdata, scale = quantize_int8_per_channel(weight)
     qweight = Int8WeightTensor(qdata, scale.to(config.scale_dtype), dtype=weight.dtype, transposed=transposed)
+    qweight = qweight.with_kernel_layout() if config.layout == "auto" else qweight.with_layout(config.layout)
     module.weight = nn.Parameter(qweight, requires_grad=False)
     return module
 

@@ -11,6 +11,7 @@ from .primitives import (
     ACTIVATION_GRANULARITIES,
     INT4_GROUP_SIZES,
     INT4_ZERO_POINT_DTYPES,
+    INT8_LAYOUTS,
     TERNARY_WEIGHT_GRANULARITIES,
 )
 
@@ -26,13 +27,20 @@ class Int8WeightOnlyConfig:
 
     ``scale_dtype`` is the dtype the per-channel scales are stored in (fp32 keeps them exact; the fused kernels
     apply them in fp32 whatever the storage).
+
+    ``layout``: how the int8 values are held. ``"auto"`` (default): a CPU weight whose K is a multiple of 32 in the
+    blocked layout its CPU kernels read (so a compiled model reads the module's own copy and holds each weight once),
+    any other in ``"plain"`` ``[N, K]`` row-major; ``"plain"`` / ``"blocked"`` force one.
     """
 
     scale_dtype: torch.dtype = torch.float32
+    layout: str = "auto"
 
     def __post_init__(self) -> None:
         if self.scale_dtype not in _SCALE_DTYPES:
             raise ValueError(f"scale_dtype must be one of {_SCALE_DTYPES}, got {self.scale_dtype}")
+        if self.layout not in ("auto", *INT8_LAYOUTS):
+            raise ValueError(f"layout must be one of {('auto', *INT8_LAYOUTS)}, got {self.layout!r}")
 
 
 @dataclass(frozen=True)

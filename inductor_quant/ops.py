@@ -134,6 +134,30 @@ def _int8_linear_backward(ctx, grad):
 int8_weight_linear.register_autograd(_int8_linear_backward, setup_context=_int8_linear_setup_context)
 
 
+def check_int8_packed_args(
+    x: torch.Tensor, packed_weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, n: int
+) -> None:
+    """Validate ``int8_weight_linear_packed`` arguments (the weight flat, in the blocked decode layout)."""
+    from .primitives import int8_blocked_numel
+
+    if x.dim() != 2 or x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(
+            f"x must be a 2-D tensor of {_FLOAT_DTYPES}, got shape {tuple(x.shape)} of {x.dtype}"
+        )
+    expected = int8_blocked_numel(n, x.shape[1])
+    if packed_weight.dtype != torch.int8 or tuple(packed_weight.shape) != (expected,):
+        raise ValueError(
+            f"packed_weight must be a flat int8 [{expected}] tensor (N={n}, K={x.shape[1]} in the blocked layout), "
+            f"got shape {tuple(packed_weight.shape)} of {packed_weight.dtype}"
+        )
+    if scale.shape != (n,) or scale.dtype not in _FLOAT_DTYPES:
+        raise ValueError(
+            f"scale must be a [{n}] float tensor, got shape {tuple(scale.shape)} of {scale.dtype}"
+        )
+    if bias is not None and (bias.shape != (n,) or bias.dtype not in _FLOAT_DTYPES):
+        raise ValueError(f"bias must be a [{n}] float tensor, got shape {tuple(bias.shape)} of {bias.dtype}")
+
+
 @torch.library.custom_op("inductor_quant::int8_weight_linear_packed", mutates_args=())
 def int8_weight_linear_packed(
     x: torch.Tensor,
@@ -143,20 +167,53 @@ def int8_weight_linear_packed(
     out_dtype: torch.dtype | None,
     out_features: int,
 ) -> torch.Tensor:
-    """``int8_weight_linear`` with the weight in the blocked decode layout of ``primitives.pack_int8_blocked``.
+    """``int8_weight_linear`` with the weight in the blocked decode layout of ``primitives.pack_int8_blocked``:
+    how an ``Int8WeightTensor`` holds its weight on the CPU (``layout="blocked"``), and what the prepack pass makes
+    of other constant int8 weights of decode graphs.
 
-    Made only by the prepack pass, for frozen weights of decode-shaped graphs; its lowering is the GEMV template.
-    This eager implementation (unpack, then ``int8_weight_linear``) is the reference, not a fast path.
+    Eagerly: the native kernels of ``kernels/widening_gemm.cpp`` reading the blocked layout (a GEMV for a few bf16
+    rows, else the GEMM); where they do not apply,
+    the weight is unpacked (a transient copy) for ``int8_weight_linear``. Compiled: the GEMV template (decode) or
+    that GEMM (prefill), ``lowerings/int8.py``.
     """
+    from .kernels import int8_gemm, int8_gemv_blocked
     from .primitives import unpack_int8_blocked
 
+    check_int8_packed_args(x, packed_weight, scale, bias, out_features)
+    out = int8_gemv_blocked(x, packed_weight.contiguous(), scale, bias, out_dtype or x.dtype)
+    if out is None:
+        out = int8_gemm(x, packed_weight, scale, bias, out_dtype or x.dtype, blocked=True)
+    if out is not None:
+        return out
     qweight = unpack_int8_blocked(packed_weight, out_features, x.shape[1])
     return int8_weight_linear(x, qweight, scale, bias, out_dtype)
 
 
 @int8_weight_linear_packed.register_fake
 def _(x, packed_weight, scale, bias, out_dtype, out_features):
+    check_int8_packed_args(x, packed_weight, scale, bias, out_features)
     return x.new_empty((x.shape[0], out_features), dtype=out_dtype or x.dtype)
+
+
+def _int8_packed_setup_context(ctx, inputs, output):
+    x, packed_weight, scale, bias, _, out_features = inputs
+    ctx.save_for_backward(packed_weight, scale)
+    ctx.shape = (out_features, x.shape[1])
+    ctx.x_dtype = x.dtype
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _int8_packed_backward(ctx, grad):
+    from .primitives import unpack_int8_blocked
+
+    packed_weight, scale = ctx.saved_tensors
+    qweight = unpack_int8_blocked(packed_weight, *ctx.shape)
+    grad_x = ((grad.float() * scale.float()) @ qweight.float()).to(ctx.x_dtype)
+    grad_bias = grad.sum(0).to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
+    return grad_x, None, None, grad_bias, None, None
+
+
+int8_weight_linear_packed.register_autograd(_int8_packed_backward, setup_context=_int8_packed_setup_context)
 
 
 # --- int4 groupwise ----------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ def dequantize_int8(
 # is one contiguous stream: packed[b, s, r, j] = w[b * ROWS + r, s * K_STEP + j]. N is zero-padded to ROWS.
 PACK_ROWS = 4  # rows per block: the GEMV kernel keeps 4 rows x (up to) 4 activation rows of accumulators
 PACK_K_STEP = 32  # one 32-byte run per row per step
+# How an Int8WeightTensor holds qdata: "plain" [N, K] row-major, or "blocked" (flat, this layout)
+INT8_LAYOUTS = ("plain", "blocked")
 
 
 def pack_int8_blocked(qdata: torch.Tensor) -> torch.Tensor:
@@ -46,6 +48,30 @@ def pack_int8_blocked(qdata: torch.Tensor) -> torch.Tensor:
     # move 32-byte runs as 4 int64 words: the same permutation, 8x fewer elements to copy
     words = w.view(torch.int64).reshape(-1, PACK_ROWS, k // PACK_K_STEP, PACK_K_STEP // 8)
     return words.permute(0, 2, 1, 3).contiguous().view(torch.int8).reshape(-1)
+
+
+def int8_blocked_numel(n: int, k: int) -> int:
+    """Bytes of an ``[N, K]`` int8 weight in the blocked decode layout (N padded to ``PACK_ROWS``)."""
+    return -(-n // PACK_ROWS) * PACK_ROWS * k
+
+
+def _blocked_rows_index(packed: torch.Tensor, k: int, rows: torch.Tensor | slice):
+    if isinstance(rows, slice):
+        rows = torch.arange(packed.numel() // k, device=packed.device)[rows]
+    blocks = packed.view(-1, k // PACK_K_STEP, PACK_ROWS, PACK_K_STEP)
+    return blocks, rows // PACK_ROWS, rows % PACK_ROWS
+
+
+def read_int8_blocked_rows(packed: torch.Tensor, k: int, rows: torch.Tensor | slice) -> torch.Tensor:
+    """Rows ``rows`` (indices or a slice) of a blocked int8 weight of K columns, as ``[R, K]``."""
+    blocks, block, row = _blocked_rows_index(packed, k, rows)
+    return blocks[block, :, row, :].reshape(len(block), k)
+
+
+def write_int8_blocked_rows(packed: torch.Tensor, k: int, rows: slice, q: torch.Tensor) -> None:
+    """Set rows ``rows`` of a blocked int8 weight of K columns to ``q [R, K]``, in place."""
+    blocks, block, row = _blocked_rows_index(packed, k, rows)
+    blocks[block, :, row, :] = q.reshape(len(block), k // PACK_K_STEP, PACK_K_STEP).to(torch.int8)
 
 
 def unpack_int8_blocked(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 safetensors stores plain tensors only, so each quantized weight is written as its inner tensors under
 ``"<name>#<field>"`` keys, and the header's metadata records, per weight, its class, float dtype, orientation and
-attributes. Loading rebuilds the subclasses exactly (bit for bit); plain tensors pass through unchanged.
+attributes. Files hold each weight's canonical (device-neutral) form; loading rebuilds the subclasses exactly (bit
+for bit), in the layout the loading device's kernels read; plain tensors pass through unchanged.
 Needs the ``safetensors`` package (``pip install safetensors``).
 """
 
@@ -45,6 +46,7 @@ def save_safetensors(
         if _FIELD_SEP in name:
             raise ValueError(f"state dict key {name!r} contains {_FIELD_SEP!r}, which marks quantized fields")
         if isinstance(t, QuantizedWeightTensor):
+            t = t.canonical()  # files hold the device-neutral form; loading into a model converts back
             for field, inner in zip(t.tensor_data_names, t._tensors(), strict=True):
                 flat[f"{name}{_FIELD_SEP}{field}"] = inner.detach().contiguous()
             described[name] = {
@@ -80,7 +82,7 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
         inner = [flat.pop(f"{name}{_FIELD_SEP}{field}") for field in cls.tensor_data_names]
         state_dict[name] = cls(
             *inner, dtype=getattr(torch, info["dtype"]), transposed=info["transposed"], **info["attrs"]
-        )
+        ).with_kernel_layout()
     stray = [k for k in flat if _FIELD_SEP in k]
     if stray:
         raise ValueError(f"{path}: quantized fields without a description in the header: {stray[:5]}")

@@ -15,7 +15,16 @@ import torch
 from torch.utils._python_dispatch import return_and_correct_aliasing
 
 from . import ops as _ops  # noqa: F401  (registers torch.ops.inductor_quant.*)
-from .primitives import dequantize_int4, dequantize_int8
+from .primitives import (
+    INT8_LAYOUTS,
+    PACK_K_STEP,
+    dequantize_int4,
+    dequantize_int8,
+    int8_blocked_numel,
+    pack_int8_blocked,
+    read_int8_blocked_rows,
+    unpack_int8_blocked,
+)
 
 aten = torch.ops.aten
 
@@ -43,7 +52,7 @@ class QuantizedWeightTensor(torch.Tensor):
         for name, t in zip(self.tensor_data_names, tensors, strict=True):
             setattr(self, name, t)
         for name in self.tensor_attribute_names:
-            setattr(self, name, attrs[name])
+            setattr(self, name, attrs[name] if name in attrs else getattr(type(self), name))
         self.transposed = transposed
 
     # --- derived from the declaration -------------------------------------------------------------
@@ -88,6 +97,19 @@ class QuantizedWeightTensor(torch.Tensor):
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The float weight (as ``self.dtype`` unless ``dtype`` is given), transposed if this is a ``w.t()`` view."""
         raise NotImplementedError
+
+    def canonical(self) -> QuantizedWeightTensor:
+        """This weight with its inner tensors in the scheme's documented, device-neutral form (what is saved,
+        sharded and merged into): itself, unless a kernel layout holds it (``Int8WeightTensor(layout="blocked")``)."""
+        return self
+
+    def with_kernel_layout(self) -> QuantizedWeightTensor:
+        """This weight in the layout its device's kernels read (what ``quantize_`` and ``load_safetensors`` give)."""
+        return self
+
+    def rows(self, index: torch.Tensor) -> QuantizedWeightTensor:
+        """The output rows ``index`` of the (untransposed) weight, as a weight of the same kind."""
+        return self._rebuild(lambda t: t[index])
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x @ W.T (+ bias)`` through this scheme's quantized op, for an ``[M, K]`` activation."""
@@ -140,17 +162,65 @@ class Int8WeightTensor(QuantizedWeightTensor):
     """Per-output-channel symmetric int8 weight: ``w ≈ qdata * scale[:, None]``.
 
     Fields:
-        qdata: int8 ``[N, K]``, row-major, in ``[-127, 127]``.
+        qdata: int8 in ``[-127, 127]``; ``layout="plain"``: ``[N, K]``, row-major; ``layout="blocked"``: flat, the
+            blocked decode layout of ``primitives.pack_int8_blocked`` (what the CPU kernels read: ``quantize_``
+            stores CPU weights so, and the compiled model reads this one copy).
         scale: ``[N]`` float (fp32 by default), one per output channel.
+    ``canonical()`` is the plain form: what is saved, sharded and moved to other devices.
     """
 
     tensor_data_names = ("qdata", "scale")
+    tensor_attribute_names = ("layout",)
+    layout = "plain"
+
+    @staticmethod
+    def __new__(cls, qdata, scale, *, dtype, transposed=False, layout="plain"):
+        if layout not in INT8_LAYOUTS:
+            raise ValueError(f"layout must be one of {INT8_LAYOUTS}, got {layout!r}")
+        n = scale.shape[0]
+        shape = (n, qdata.numel() // int8_blocked_numel(n, 1)) if layout == "blocked" else tuple(qdata.shape)
+        return torch.Tensor._make_wrapper_subclass(
+            cls, shape[::-1] if transposed else shape, dtype=dtype, device=qdata.device, requires_grad=False
+        )
+
+    def _shape_nk(self) -> tuple[int, int]:
+        return tuple(self.shape[::-1] if self.transposed else self.shape)
+
+    def plain_qdata(self) -> torch.Tensor:
+        """``qdata`` as ``[N, K]`` row-major (a copy for the blocked layout)."""
+        return unpack_int8_blocked(self.qdata, *self._shape_nk()) if self.layout == "blocked" else self.qdata
+
+    def with_layout(self, layout: str) -> Int8WeightTensor:
+        """This weight with ``qdata`` in ``layout`` (itself if it is already)."""
+        if layout == self.layout:
+            return self
+        qdata = pack_int8_blocked(self.qdata) if layout == "blocked" else self.plain_qdata()
+        return type(self)(qdata, self.scale, dtype=self.dtype, transposed=self.transposed, layout=layout)
+
+    def canonical(self) -> Int8WeightTensor:
+        return self.with_layout("plain")
+
+    def with_kernel_layout(self) -> Int8WeightTensor:
+        """Blocked on the CPU where K is a multiple of ``PACK_K_STEP``; plain elsewhere."""
+        blocked = self.device.type == "cpu" and self._shape_nk()[1] % PACK_K_STEP == 0
+        return self.with_layout("blocked" if blocked else "plain")
+
+    def rows(self, index: torch.Tensor) -> Int8WeightTensor:
+        if self.layout != "blocked":
+            return super().rows(index)
+        q = read_int8_blocked_rows(self.qdata, self._shape_nk()[1], index)
+        return Int8WeightTensor(q, self.scale[index], dtype=self.dtype)
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        w = dequantize_int8(self.qdata, self.scale, dtype or self.dtype)
+        w = dequantize_int8(self.plain_qdata(), self.scale, dtype or self.dtype)
         return w.t() if self.transposed else w
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.layout == "blocked":
+            n = self._shape_nk()[0]
+            return torch.ops.inductor_quant.int8_weight_linear_packed(
+                x, self.qdata, self.scale, bias, None, n
+            )
         return torch.ops.inductor_quant.int8_weight_linear(x, self.qdata, self.scale, bias)
 
 
@@ -262,7 +332,7 @@ def _(func, args, kwargs):
     if w.transposed:
         raise NotImplementedError(f"embedding lookup in a transposed {type(w).__name__}")
     flat = indices.reshape(-1)
-    rows = w._rebuild(lambda t: t[flat]).dequantize()
+    rows = w.rows(flat).dequantize()
     return rows.reshape(*indices.shape, rows.shape[-1])
 
 
@@ -273,12 +343,16 @@ def _(func, args, kwargs):
     if not dtype.is_floating_point:
         raise ValueError(f"{type(w).__name__} stands in for a float weight; cannot convert it to {dtype}")
     device = kwargs.get("device")
+    if device is not None and torch.device(device).type != w.device.type:
+        w = w.canonical()  # kernel layouts belong to one kind of device
     return w._rebuild((lambda t: t.to(device)) if device is not None else (lambda t: t), dtype=dtype)
 
 
 @implements(aten.copy_.default)
 def _(func, args, kwargs):
     dst, src = args
+    if type(src) is type(dst) and getattr(src, "layout", None) != getattr(dst, "layout", None):
+        src = src.with_layout(dst.layout)  # e.g. a saved (plain) weight loaded into a blocked one
     if (
         type(src) is not type(dst)
         or src.transposed != dst.transposed
@@ -296,7 +370,7 @@ def _(func, args, kwargs):
 
 @implements(aten.equal.default)
 def _(func, args, kwargs):
-    a, b = args
+    a, b = (w.canonical() if isinstance(w, QuantizedWeightTensor) else w for w in args)
     return (
         type(a) is type(b)
         and a.transposed == b.transposed

@@ -33,15 +33,19 @@ def test_eager_forward_matches_float_layer(dtype, shape):
     assert sqnr(y_ref, y) >= 35
     # reference 2: the exact int8 math in fp32
     w = lin.weight
-    expected = int8_linear_reference(x.reshape(-1, 256), w.qdata, w.scale, lin.bias).reshape(y.shape)
+    expected = int8_linear_reference(x.reshape(-1, 256), w.plain_qdata(), w.scale, lin.bias).reshape(y.shape)
     from conftest import verify
 
     verify(y, expected)
 
 
+@pytest.mark.parametrize("layout", ["blocked", "plain"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_eager_forward_runs_the_int8_kernel_not_a_float_weight(dtype, monkeypatch):
+def test_eager_forward_runs_the_int8_kernel_not_a_float_weight(dtype, layout, monkeypatch):
     lin, _ = _quantized_linear(dtype)
+    if layout == "plain":
+        lin.weight = nn.Parameter(lin.weight.with_layout("plain"), requires_grad=False)
+    assert lin.weight.layout == layout  # quantize_ holds a CPU weight blocked
 
     def no_float_weight(*args, **kwargs):
         raise AssertionError("eager forward materialized a float weight")
@@ -50,19 +54,29 @@ def test_eager_forward_runs_the_int8_kernel_not_a_float_weight(dtype, monkeypatc
     import inductor_quant.kernels as kernels
 
     native_calls = []
-    real = kernels.int8_gemm
-    monkeypatch.setattr(kernels, "int8_gemm", lambda *a: native_calls.append(a[0].dtype) or real(*a))
+    for name in ("int8_gemm", "int8_gemv_blocked"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(
+            kernels, name, lambda *a, name=name, real=real, **kw: native_calls.append(name) or real(*a, **kw)
+        )
     with torch.no_grad(), torch.profiler.profile() as prof:
         lin(torch.randn(4, 256, dtype=dtype))
     names = {e.name for e in prof.events()}
+    assert "aten::mm" not in names, names
+    if layout == "blocked":
+        # the package's native kernels on the blocked layout: the GEMV for a few bf16 rows, else the GEMM
+        assert "inductor_quant::int8_weight_linear_packed" in names, names
+        assert native_calls == (
+            ["int8_gemv_blocked"] if dtype == torch.bfloat16 else ["int8_gemv_blocked", "int8_gemm"]
+        )
+        return
     assert "inductor_quant::int8_weight_linear" in names, names
     # the int8 kernel: aten's for bf16 decode rows, the package's native GEMM (int8 weight widened in registers)
     # for fp32 / fp16, where aten's is 5-50x slower
     if dtype == torch.bfloat16:
         assert "aten::_weight_int8pack_mm" in names and not native_calls, names
     else:
-        assert native_calls == [dtype] and "aten::_weight_int8pack_mm" not in names, names
-    assert "aten::mm" not in names, names
+        assert native_calls == ["int8_gemm"] and "aten::_weight_int8pack_mm" not in names, names
 
 
 def test_backward_reaches_the_input_through_the_frozen_weight():
@@ -260,3 +274,39 @@ def test_a8_compiles_without_graph_breaks():
         explanation = torch._dynamo.explain(lin)(x)
         assert explanation.graph_break_count == 0 and explanation.graph_count == 1
         assert torch.equal(torch.compile(lin, backend="aot_eager", fullgraph=True)(x), lin(x))
+
+
+def test_cpu_int8_weights_are_held_in_the_kernels_blocked_layout():
+    """quantize_ keeps a CPU int8 weight (K % 32 == 0) in the blocked layout its kernels read, so a compiled model
+    holds no second copy; every other reader sees the canonical [N, K] values, unchanged."""
+    from inductor_quant.distributed.sharding import slice_weight
+    from inductor_quant.primitives import quantize_int8_per_channel, unpack_int8_blocked
+
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 10).to(torch.bfloat16)
+    q, s = quantize_int8_per_channel(lin.weight)
+    iq.quantize_(lin, iq.Int8WeightOnlyConfig())
+    w = lin.weight
+    assert w.layout == "blocked" and w.shape == (10, 64) and w.qdata.shape == (12 * 64,)  # N padded to 4 rows
+    assert torch.equal(unpack_int8_blocked(w.qdata, 10, 64), q) and torch.equal(w.scale, s)
+    plain = w.canonical()
+    assert plain.layout == "plain" and torch.equal(plain.qdata, q) and torch.equal(w, plain)
+    assert torch.equal(w.dequantize(), plain.dequantize())
+    rows = torch.tensor([7, 0, 9])
+    assert torch.equal(w.rows(rows).dequantize(), plain.dequantize()[rows])
+    emb = nn.Embedding(10, 64)
+    emb.weight = w  # a tied embedding reads rows of the blocked weight
+    assert torch.equal(emb(rows), plain.dequantize()[rows])
+    assert torch.equal(slice_weight(w, 0, 4, 8).qdata, q[4:8])  # shards are canonical
+    assert w.to("meta").layout == "plain"  # kernel layouts belong to the CPU
+    target = iq.Int8WeightTensor(
+        torch.zeros(12 * 64, dtype=torch.int8), torch.zeros(10), dtype=torch.bfloat16, layout="blocked"
+    )
+    target.copy_(plain)  # e.g. load_state_dict of a saved (plain) weight: converted into the target's layout
+    assert target.layout == "blocked" and torch.equal(target.qdata, w.qdata)
+    # the layout follows K and the config
+    odd = iq.quantize_(nn.Linear(40, 8), iq.Int8WeightOnlyConfig()).weight
+    forced = iq.quantize_(nn.Linear(64, 8), iq.Int8WeightOnlyConfig(layout="plain")).weight
+    assert odd.layout == "plain" and forced.layout == "plain"
+    with pytest.raises(ValueError, match="layout"):
+        iq.Int8WeightOnlyConfig(layout="tiled")

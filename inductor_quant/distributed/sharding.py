@@ -58,8 +58,10 @@ def _rules(w: QuantizedWeightTensor) -> dict[str, FieldRule]:
 def slice_weight(w: QuantizedWeightTensor, dim: int, start: int, stop: int) -> QuantizedWeightTensor:
     """``w`` sliced to ``[start, stop)`` along its (logical) ``dim``, as a weight of the same kind.
 
-    A K slice of an int4 weight that would cut a group is a ``ValueError`` naming the group size.
+    A K slice of an int4 weight that would cut a group is a ``ValueError`` naming the group size. Shards are in the
+    weight's canonical form.
     """
+    w = w.canonical()
     rules = _rules(w)
     dim = dim % 2
     along_n = dim == (1 if w.transposed else 0)
@@ -81,6 +83,7 @@ def slice_weight(w: QuantizedWeightTensor, dim: int, start: int, stop: int) -> Q
 def cat_weights(ws: list[QuantizedWeightTensor], dim: int) -> QuantizedWeightTensor:
     """The inverse of ``slice_weight``: weights of one kind joined along their (logical) ``dim``. Per-channel
     fields (no K dimension) must agree between the pieces of a K join."""
+    ws = [w.canonical() for w in ws]
     first = ws[0]
     for w in ws[1:]:
         if type(w) is not type(first) or w.transposed != first.transposed or w._attrs() != first._attrs():
@@ -105,6 +108,7 @@ def cat_weights(ws: list[QuantizedWeightTensor], dim: int) -> QuantizedWeightTen
 def pad_weight(w: QuantizedWeightTensor, dim: int, size: int) -> QuantizedWeightTensor:
     """``w`` with ``size`` zero rows (``dim`` along N) or columns (along K: whole groups) appended: DTensor pads
     the last shard of an uneven split so that every rank's shard has the same shape."""
+    w = w.canonical()
     dim = dim % 2
     along_n = dim == (1 if w.transposed else 0)
     padded = []

@@ -95,7 +95,8 @@ def pack_int4_lanes(qdata: torch.Tensor) -> torch.Tensor:
 def _widening_gemm_lib():
     # every entry point: (compute, x, <weight args>, bias, y, M, N, K, out_kind, num_threads) -> 1 if it computed y
     signatures = {
-        "inductor_quant_int8_gemm": ([_I64] + [_PTR] * 5 + [_I64] * 5, _I64),
+        "inductor_quant_int8_gemm": ([_I64] + [_PTR] * 2 + [_I64] + [_PTR] * 3 + [_I64] * 5, _I64),
+        "inductor_quant_int8_gemv_blocked": ([_PTR] * 5 + [_I64] * 5, _I64),
         "inductor_quant_int4_gemm": ([_I64] + [_PTR] * 4 + [_I64] + [_PTR] * 2 + [_I64] * 5, _I64),
         "inductor_quant_int8_block_gemm": ([_I64] + [_PTR] * 3 + [_I64] + [_PTR] * 2 + [_I64] * 5, _I64),
     }
@@ -140,15 +141,62 @@ def int8_gemm(
     scale: torch.Tensor,
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
+    *,
+    blocked: bool = False,
 ) -> torch.Tensor | None:
     """``(x @ qweight.T) * scale (+ bias)`` for ``x [M, K]`` (bf16: bf16 dot products; fp32 / fp16: fp32 FMAs) and
-    int8 ``qweight [N, K]`` on the CPU, by the native kernel of ``widening_gemm.cpp``; ``None`` where it does not
-    apply (see ``_widening_gemm``): the caller computes it another way."""
+    int8 ``qweight [N, K]`` (``blocked``: flat, in ``primitives.pack_int8_blocked``'s layout) on the CPU, by the
+    native kernel of ``widening_gemm.cpp``; ``None`` where it does not apply (see ``_widening_gemm``): the caller
+    computes it another way."""
     q = qweight.contiguous()
     s = scale.to(torch.float32).contiguous()
-    return _widening_gemm(
-        "inductor_quant_int8_gemm", x, q.shape[0], (q.data_ptr(), s.data_ptr()), bias, out_dtype
+    args = (q.data_ptr(), int(blocked), s.data_ptr())
+    return _widening_gemm("inductor_quant_int8_gemm", x, s.shape[0], args, bias, out_dtype)
+
+
+# rows of bf16 activations up to which the eager blocked-layout GEMV is taken (above: int8_gemm)
+INT8_GEMV_MAX_M = 8
+
+
+def int8_gemv_blocked(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """``(x @ W.T) * scale (+ bias)`` for bf16 ``x [M, K]`` with M <= ``INT8_GEMV_MAX_M`` and ``W`` in the blocked
+    layout (``packed``), the eager decode kernel of ``widening_gemm.cpp``; ``None`` where it does not apply."""
+    m, k = x.shape
+    if (
+        x.device.type != "cpu"
+        or x.dtype != torch.bfloat16
+        or m > INT8_GEMV_MAX_M
+        or k % 32
+        or out_dtype not in _OUT_KIND
+    ):
+        return None
+    lib = _widening_gemm_lib()
+    if lib is None:
+        return None
+    xk = x.contiguous()
+    s = scale.to(torch.float32).contiguous()
+    b = bias.to(torch.float32).contiguous() if bias is not None else None
+    n = s.shape[0]
+    out = torch.empty(m, n, dtype=out_dtype)
+    done = lib.inductor_quant_int8_gemv_blocked(
+        xk.data_ptr(),
+        packed.data_ptr(),
+        s.data_ptr(),
+        b.data_ptr() if b is not None else None,
+        out.data_ptr(),
+        m,
+        n,
+        k,
+        _OUT_KIND[out_dtype],
+        torch.get_num_threads(),
     )
+    return out if done else None
 
 
 def int4_gemm(

@@ -85,11 +85,17 @@ inline __m512 group_column(const float* t, int64_t n0, int64_t N, int64_t G, int
 struct Int8Weight {
     const int8_t* q;
     int64_t K, N;
+    bool blocked;  // q in the blocked decode layout [N / 4][K / 32][4][32] (primitives.pack_int8_blocked)
+
+    // the 32 values q[row, k .. k + 32)
+    const int8_t* at(int64_t row, int64_t k) const {
+        return blocked ? q + ((row / 4) * (K / 32) + k / 32) * 128 + (row % 4) * 32 : q + row * K + k;
+    }
 
     void run(int64_t n, int64_t k, __m512 v[32]) const {
         __m512i r[16];
         for (int i = 0; i < 16; ++i)
-            r[i] = n + i < N ? _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + (n + i) * K + k)))
+            r[i] = n + i < N ? _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(at(n + i, k))))
                              : _mm512_setzero_si512();
         transpose16(r);  // r[j]: k + 2j and k + 2j + 1 of the 16 rows, as two int16
         for (int j = 0; j < 16; ++j) {
@@ -267,14 +273,76 @@ int64_t widening_gemm(int64_t compute, const Weight& w, const void* x, const flo
         default: return 0;
     }
 }
+
+// Eager decode GEMV on the blocked int8 layout (bf16 X, M <= 8): threads take 4-row blocks (one contiguous
+// stream each), 32 weights per row per step widened exactly to bf16, dot products against up to 4 rows of X.
+template <int MT>
+void gemv_block(const int8_t* w, int64_t K, const uint16_t* x, float* out) {
+    __m512 acc[MT][4];
+    for (int m = 0; m < MT; ++m)
+        for (int r = 0; r < 4; ++r) acc[m][r] = _mm512_setzero_ps();
+    for (int64_t k = 0, off = 0; k < K; k += 32, off += 128) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + off + 32 * 128), _MM_HINT_T0);
+        __m512bh wv[4];
+        for (int r = 0; r < 4; ++r) {
+            const int8_t* run = w + off + r * 32;
+            const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(run))));
+            const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(run + 16))));
+            wv[r] = _mm512_cvtne2ps_pbh(hi, lo);
+        }
+        for (int m = 0; m < MT; ++m) {
+            const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + m * K + k);
+            for (int r = 0; r < 4; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]);
+        }
+    }
+    for (int m = 0; m < MT; ++m)
+        for (int r = 0; r < 4; ++r) out[m * 4 + r] = _mm512_reduce_add_ps(acc[m][r]);
+}
+
+void gemv_rows(int64_t mt, const int8_t* w, int64_t K, const uint16_t* x, float* out) {
+    switch (mt) {
+        case 4: gemv_block<4>(w, K, x, out); break;
+        case 3: gemv_block<3>(w, K, x, out); break;
+        case 2: gemv_block<2>(w, K, x, out); break;
+        default: gemv_block<1>(w, K, x, out); break;
+    }
+}
 }  // namespace
 
 // compute: 0 = bf16 X, 1 = fp32 X, 2 = fp16 X widened to fp32 by the caller (W rounded to fp16)
-extern "C" int64_t inductor_quant_int8_gemm(int64_t compute, const void* x, const int8_t* q, const float* s,
-                                            const float* b, void* y, int64_t M, int64_t N, int64_t K, int64_t out_kind,
-                                            int64_t num_threads) {
+// blocked: q is in the blocked decode layout (else row-major [N, K])
+extern "C" int64_t inductor_quant_int8_gemm(int64_t compute, const void* x, const int8_t* q, int64_t blocked,
+                                            const float* s, const float* b, void* y, int64_t M, int64_t N, int64_t K,
+                                            int64_t out_kind, int64_t num_threads) {
     if (K % 32 != 0) return 0;
-    return widening_gemm(compute, Int8Weight{q, K, N}, x, s, b, y, M, N, K, out_kind, num_threads);
+    return widening_gemm(compute, Int8Weight{q, K, N, blocked != 0}, x, s, b, y, M, N, K, out_kind, num_threads);
+}
+
+// Y = (X @ W^T) * s (+ b) for bf16 X [M, K], M <= 8, W blocked; out_kind as above
+extern "C" int64_t inductor_quant_int8_gemv_blocked(const void* x, const int8_t* q, const float* s, const float* b,
+                                                    void* y, int64_t M, int64_t N, int64_t K, int64_t out_kind,
+                                                    int64_t num_threads) {
+    if (K % 32 != 0 || M > 8) return 0;
+    const uint16_t* xk = static_cast<const uint16_t*>(x);
+    const int64_t blocks = (N + 3) / 4;
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t nb = 0; nb < blocks; ++nb) {
+        alignas(64) float acc[8 * 4];
+        for (int64_t m = 0; m < M; m += 4) gemv_rows(std::min<int64_t>(4, M - m), q + nb * 4 * K, K, xk + m * K, acc + m * 4);
+        for (int64_t m = 0; m < M; ++m)
+            for (int64_t r = 0; r < std::min<int64_t>(4, N - nb * 4); ++r) {
+                const int64_t n = nb * 4 + r;
+                const float v = acc[m * 4 + r] * s[n] + (b ? b[n] : 0.f);
+                if (out_kind == 0) {
+                    static_cast<float*>(y)[m * N + n] = v;
+                } else if (out_kind == 1) {
+                    static_cast<uint16_t*>(y)[m * N + n] = _mm_cvtsi128_si32((__m128i)_mm_cvtneps_pbh(_mm_set_ss(v))) & 0xFFFF;
+                } else {
+                    static_cast<uint16_t*>(y)[m * N + n] = _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                }
+            }
+    }
+    return 1;
 }
 
 extern "C" int64_t inductor_quant_int4_gemm(int64_t compute, const void* x, const uint8_t* q, const float* s,
@@ -289,12 +357,17 @@ extern "C" int64_t inductor_quant_int8_block_gemm(int64_t compute, const void* x
                                                   int64_t block_size, const float* b, void* y, int64_t M, int64_t N,
                                                   int64_t K, int64_t out_kind, int64_t num_threads) {
     if (K % 32 != 0 || block_size % 32 != 0 || K % block_size != 0) return 0;
-    return widening_gemm(compute, Int8BlockWeight{Int8Weight{q, K, N}, s, block_size}, x, nullptr, b, y, M, N, K,
+    return widening_gemm(compute, Int8BlockWeight{Int8Weight{q, K, N, false}, s, block_size}, x, nullptr, b, y, M, N, K,
                          out_kind, num_threads);
 }
 #else
-extern "C" int64_t inductor_quant_int8_gemm(int64_t, const void*, const int8_t*, const float*, const float*, void*,
-                                            int64_t, int64_t, int64_t, int64_t, int64_t) {
+extern "C" int64_t inductor_quant_int8_gemm(int64_t, const void*, const int8_t*, int64_t, const float*, const float*,
+                                            void*, int64_t, int64_t, int64_t, int64_t, int64_t) {
+    return 0;
+}
+
+extern "C" int64_t inductor_quant_int8_gemv_blocked(const void*, const int8_t*, const float*, const float*, void*,
+                                                    int64_t, int64_t, int64_t, int64_t, int64_t) {
     return 0;
 }
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 
 from .._compat import inductor_internals
-from ..ops import int8_dequant_mm, int8_weight_linear
+from ..ops import int8_dequant_mm, int8_weight_linear, int8_weight_linear_packed
+from ..primitives import unpack_int8_blocked
 from ..settings import INT8_KERNEL_ENV, forced_int8_kernel
 from ..templates.cpp.int8_gemv import K_STEP, MAX_M, CppInt8GemvTemplate
 from ..templates.triton.common import triton_applies
@@ -85,20 +86,54 @@ def int8_weight_linear_lowering(x, qweight, scale, bias=None, out_dtype=None, *,
     )
 
 
+def _packed_gemm(x, packed_weight, scale, bias=None, *, out_dtype=None, out_features):
+    return int8_weight_linear_packed(x, packed_weight, scale, bias, out_dtype, out_features)
+
+
+def _packed_aten(x, packed_weight, scale, bias=None, *, out_dtype=None, out_features):
+    qweight = unpack_int8_blocked(packed_weight, out_features, x.shape[1])
+    return int8_weight_linear(x, qweight, scale, bias, out_dtype)
+
+
+packed_gemm_choice = _I.ExternKernelChoice(
+    _packed_gemm, name="inductor_quant_int8_packed_gemm", has_out_variant=False
+)
+packed_aten_choice = _I.ExternKernelChoice(
+    _packed_aten, name="inductor_quant_int8_packed_aten", has_out_variant=False
+)
+
+
 @L.register_lowering(torch.ops.inductor_quant.int8_weight_linear_packed.default, type_promotion_kind=None)
 def int8_weight_linear_packed_lowering(
     x, packed_weight, scale, bias, out_dtype, out_features, *, layout=None
 ):
-    """The prepack pass only packs decode-shaped problems, so the GEMV template is the one choice."""
+    """The weight in the blocked layout (an ``Int8WeightTensor`` held so, or a constant the prepack pass packed):
+    decode (static M <= ``MAX_M``, C++ backend) takes the GEMV template, anything else (prefill, a dynamic M) the
+    widening GEMM reading the blocked layout (the eager op's kernel). ``INT8_KERNEL`` may force ``int8_gemv``,
+    ``dequant_mm`` (that GEMM) or ``aten`` (unpack, then aten's kernel: a reference, not a fast path)."""
     out_dtype = out_dtype or x.get_dtype()
     inputs = kernel_inputs(x, packed_weight, scale, bias)
     x = inputs[0]
-    m, k = (int(s) for s in x.get_size())
+    m, k = x.get_size()
     layout = _I.ir.FixedLayout(x.get_device(), out_dtype, [m, out_features])
-    gemv = CppInt8GemvTemplate.choice(layout, inputs, has_bias=bias is not None, packed=True, n=out_features)
+    offered = {
+        "dequant_mm": lambda: packed_gemm_choice.bind(
+            inputs, layout, out_dtype=out_dtype, out_features=out_features
+        ),
+        "aten": lambda: packed_aten_choice.bind(
+            inputs, layout, out_dtype=out_dtype, out_features=out_features
+        ),
+    }
+    decode = gemv_applies(x, inputs[1], MAX_M, K_STEP)
+    if decode:
+        offered["int8_gemv"] = lambda: CppInt8GemvTemplate.choice(
+            layout, inputs, has_bias=bias is not None, packed=True, n=out_features
+        )
+    forced = forced_int8_kernel()
+    name = forced if forced in offered else "int8_gemv" if decode else "dequant_mm"
     return select(
         "inductor_quant_int8_weight_linear_packed",
-        {"int8_gemv_packed": gemv},
+        {f"{name}_packed": offered[name]()},
         inputs,
         layout,
         None,

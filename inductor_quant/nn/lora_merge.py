@@ -29,7 +29,9 @@ from ..primitives import (
     pack_int4,
     quantize_int4_rows,
     quantize_int8_per_channel,
+    read_int8_blocked_rows,
     unpack_int4,
+    write_int8_blocked_rows,
 )
 from ..tensor import Int4WeightTensor, Int8WeightTensor, QuantizedWeightTensor
 
@@ -89,11 +91,15 @@ class _Grid:
 
 
 def _int8_read(w: Int8WeightTensor, rows: slice):
-    return w.qdata[rows].to(torch.int32), (w.scale[rows].clone(),)
+    q = read_int8_blocked_rows(w.qdata, w.shape[1], rows) if w.layout == "blocked" else w.qdata[rows]
+    return q.to(torch.int32), (w.scale[rows].clone(),)
 
 
 def _int8_write(w: Int8WeightTensor, rows: slice, q: torch.Tensor, params) -> None:
-    w.qdata[rows] = q.to(torch.int8)
+    if w.layout == "blocked":
+        write_int8_blocked_rows(w.qdata, w.shape[1], rows, q)
+    else:
+        w.qdata[rows] = q.to(torch.int8)
     w.scale[rows] = params[0]
 
 

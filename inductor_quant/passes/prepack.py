@@ -43,6 +43,7 @@ from ..primitives import (
     ATEN_INT4_N_MULTIPLE,
     INT4_GROUP_SIZES,
     PACK_K_STEP,
+    PACK_ROWS,
     pack_group_lanes,
     pack_int4,
     pack_int4_blocked,
@@ -231,6 +232,7 @@ def prepack_weights(graph: Graph) -> int:
         graph,
         {
             torch.ops.inductor_quant.int8_weight_linear.default: int8,
+            _INT8_PACKED: int8,
             torch.ops.inductor_quant.int4_weight_linear.default: int4,
         },
     )
@@ -267,8 +269,10 @@ class _Siblings(NamedTuple):
     same: tuple[int, ...]  # must be equal across the siblings
 
 
+_INT8_PACKED = torch.ops.inductor_quant.int8_weight_linear_packed.default
 _SIBLINGS = {
     torch.ops.inductor_quant.int8_weight_linear.default: _Siblings(5, 3, 4, per_row=(1, 2, 3), same=(4,)),
+    _INT8_PACKED: _Siblings(6, 3, 4, per_row=(1, 2, 3), same=(4,)),
     torch.ops.inductor_quant.int4_weight_linear.default: _Siblings(
         7, 5, 6, per_row=(1, 2, 3, 5), same=(4, 6)
     ),
@@ -287,8 +291,10 @@ def _sibling_key(node: Node, gm: GraphModule) -> tuple | None:
     spec = _SIBLINGS[node.target]
     args = _args(node, spec.count, bias=spec.bias, out_dtype=spec.out_dtype)
     x = args[0]
-    int8 = node.target is torch.ops.inductor_quant.int8_weight_linear.default
+    int8 = node.target in (torch.ops.inductor_quant.int8_weight_linear.default, _INT8_PACKED)
     k_multiple = PACK_K_STEP if int8 else args[4]  # what the prepack of the fused linear will ask for
+    if node.target is _INT8_PACKED and node.args[5] % PACK_ROWS:
+        return None  # a blocked weight joins others as whole 4-row blocks only
     if not isinstance(k_multiple, int) or _skip_reason(node, x, [args[1]], gm, k_multiple):
         return None
     if (forced_int8_kernel() if int8 else forced_int4_kernel()) not in (
@@ -335,14 +341,21 @@ def _fuse(graph: Graph, nodes: list[Node], consts: _Constants) -> None:
     gm = graph.owning_module
     spec = _SIBLINGS[nodes[0].target]
     args = [_args(n, spec.count, bias=spec.bias, out_dtype=spec.out_dtype) for n in nodes]
-    widths = [getattr(gm, a[1].target).shape[0] for a in args]
+    blocked = nodes[0].target is _INT8_PACKED
+    widths = [
+        n.args[5] if blocked else getattr(gm, a[1].target).shape[0] for n, a in zip(nodes, args, strict=True)
+    ]
     fused_args = list(args[0])
+    if blocked:
+        fused_args[5] = sum(widths)
     with graph.inserting_before(nodes[0]):
         for i in spec.per_row:
             if args[0][i] is None:
                 continue
             names = tuple(a[i].target for a in args)
-            if i == 1:  # the weight: only its packed copy is made
+            if blocked:  # the module's weights, scales, biases are moved into one storage each (no copy kept)
+                fused_args[i] = _joined(graph, names)
+            elif i == 1:  # the weight: only its packed copy is made
                 fused_args[i] = consts.concatenation(graph, names)
             else:
                 fused_args[i] = consts.get(
@@ -367,6 +380,44 @@ def _fuse(graph: Graph, nodes: list[Node], consts: _Constants) -> None:
         args[0][0].name,
         "+".join(map(str, widths)),
     )
+
+
+def _joined(graph: Graph, names: tuple[str, ...]) -> Node:
+    """One constant over 1-D constants laid end to end (blocked int8 weights of whole 4-row blocks, their scales,
+    biases), without a second copy: the tensors themselves (the module's own, frozen) are moved into one storage,
+    each becoming a view of its part of it (``Tensor.set_``: every holder sees the same values at the new place).
+    A later graph joining the same tensors in the same order finds them joined. Where a tensor cannot be moved (an
+    inference tensor, a parameter that requires grad), the joined constant is a copy (logged)."""
+    gm = graph.owning_module
+    parts = [getattr(gm, n) for n in names]
+    total = sum(p.numel() for p in parts)
+    first = parts[0]
+    storage = first.untyped_storage()
+    offsets = [first.storage_offset()]
+    for p in parts[:-1]:
+        offsets.append(offsets[-1] + p.numel())
+    if all(
+        p.untyped_storage().data_ptr() == storage.data_ptr() and p.storage_offset() == o and p.is_contiguous()
+        for p, o in zip(parts, offsets, strict=True)
+    ):
+        joined = first.new_empty(0).set_(storage, offsets[0], (total,), (1,))
+    else:
+        joined = torch.cat(parts)
+        try:
+            offset = 0
+            for p in parts:
+                p.set_(joined.untyped_storage(), offset, p.shape, p.stride())
+                offset += p.numel()
+            counters["inductor_quant"]["int8_constants_joined"] += len(parts)
+        except RuntimeError as e:
+            counters["inductor_quant"]["int8_prepacked_bytes"] += total * joined.element_size()
+            log.info("fused constants %s copied, not moved (%s): a second copy of them is held", names, e)
+    name = f"{'_'.join(names)}_iq_joined"
+    if not hasattr(gm, name):
+        gm.register_buffer(name, joined)
+    node = graph.get_attr(name)
+    node.meta["val"] = torch.empty(joined.shape, dtype=joined.dtype, device="meta")
+    return node
 
 
 def _prepack_int8(graph: Graph, node: Node, consts: _Constants) -> int:

@@ -88,6 +88,7 @@ def parallel_mlp(scheme: str):
 
 
 def assert_same_weight(a, b) -> None:
+    a, b = a.canonical(), b.canonical()  # (shards are canonical; a CPU int8 weight is held blocked)
     assert type(a) is type(b) and a.shape == b.shape and a._attrs() == b._attrs()
     for x, y in zip(a._tensors(), b._tensors(), strict=True):
         assert x.dtype == y.dtype and torch.equal(x, y)

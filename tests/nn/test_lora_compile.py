@@ -23,8 +23,9 @@ FLOAT_GEMM = re.compile(
     r"(extern_kernels\.(mm|addmm|bmm)|mkl\._mkl_linear|mkldnn\._linear_pointwise)(\.default)?\("
 )
 
-# The quantized kernel with the adapter's add (and scaling, and the ReLU after it) fused in (bf16: and casts).
-FUSED_ADAPTER = r"cpp_fused_\w*add_{}_weight_linear_mul_relu"
+# The quantized kernel with the adapter's add (and scaling, and the ReLU after it) fused in (bf16: and casts); the
+# int8 weight is held in the blocked layout, whose op is int8_weight_linear_packed.
+FUSED_ADAPTER = r"cpp_fused_\w*add_{}_weight_linear(_packed)?_mul_relu"
 
 
 class MLP(nn.Module):

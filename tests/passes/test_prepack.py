@@ -187,6 +187,27 @@ def test_linears_reading_one_activation_run_as_one_gemv(scheme):
         out, code = compile_and_run(model, x)
     kind = scheme.split()[0]
     assert counters["inductor_quant"]["linears_fused"] == 2
+    if kind == "int8":
+        # quantize_ holds int8 weights in the blocked layout already: nothing is packed; q, k, v (weights, scales,
+        # biases) are moved into one storage each, which the module's tensors and the fused GEMV share
+        assert counters["inductor_quant"]["int8_prepacked"] == 0
+        assert counters["inductor_quant"]["int8_constants_joined"] == 3 * (3 if "bias" in scheme else 2)
+        assert (
+            len(
+                {
+                    model.q.weight.qdata.untyped_storage().data_ptr(),
+                    model.v.weight.qdata.untyped_storage().data_ptr(),
+                }
+            )
+            == 1
+        )
+        joined = [
+            b for name, b in constant_sizes(code).items() if name.endswith("_iq_joined") and b > 384 * 4
+        ]
+        assert joined == [(256 + 64 + 64) * 256]
+        assert constant_bytes(code)["int8"] == (256 + 64 + 64 + 256) * 256  # + o: every int8 byte, once
+        verify(out, expected)
+        return
     assert counters["inductor_quant"][f"{kind}_prepacked"] == 2  # q | k | v, and o
     # the packed copies are all the weight bytes the graph holds: q | k | v concatenated once, and o; no plain
     # concatenation of the weights is left behind (int4: + the uint8 zero points, 4 groups per row)
@@ -223,7 +244,8 @@ def test_every_graph_of_a_model_shares_one_packed_copy(scheme):
     """HF generate() with a static cache, compiled with static shapes: each prompt length is a graph of its own
     (M <= 16: prepacked), as are the one-token step and a second torch.compile of the model. The storages that hold
     the model's weights, counted by data pointer over the module and every graph that holds one of them, are the
-    module's own plus one packed copy per weight, after the first generate() and after all of them."""
+    module's own plus one packed copy per weight (int4), or the module's own alone (int8: its weights are held in
+    the kernels' layout), after the first generate() and after all of them."""
     import inductor_quant as iq
 
     pytest.importorskip("transformers")
@@ -244,7 +266,11 @@ def test_every_graph_of_a_model_shares_one_packed_copy(scheme):
     first = iq.resident_weight_bytes(model)
     # (+ constants Inductor folds for each graph that are not weights, such as rope's 16 inverse frequencies)
     slack = 0.002 * iq.weight_bytes(model)
-    assert packed > 0 and first <= iq.weight_bytes(model) + packed + slack
+    if scheme == "int8":
+        assert packed == 0 and counters["inductor_quant"]["int8_constants_joined"] > 0
+    else:
+        assert packed > 0
+    assert first <= iq.weight_bytes(model) + packed + slack
     generate(9)
     model.forward = torch.compile(forward, backend="quant_inductor", dynamic=False)  # a second compile
     generate(5)
@@ -262,8 +288,8 @@ def test_every_graph_of_a_model_shares_one_packed_copy(scheme):
 
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
 def test_a_compiled_model_still_saves_runs_and_compiles_as_before(scheme, tmp_path):
-    """Packing never touches the module's own tensors. After quant_inductor has compiled and run a model (its
-    weights packed), the state dict and a safetensors round trip of it hold quantize_'s values bit for bit, the
+    """Packing never changes the module's values (int8 fusion moves q / k / v into one storage, same bytes). After
+    quant_inductor has compiled and run a model (its weights packed or joined), the state dict and a safetensors round trip of it hold quantize_'s values bit for bit, the
     eager model answers exactly as before compiling, a Dynamo reset and recompile answers as the first compile did,
     and stock Inductor on the same model takes its own path (no packing) to the same answer."""
     import inductor_quant as iq
@@ -278,7 +304,8 @@ def test_a_compiled_model_still_saves_runs_and_compiles_as_before(scheme, tmp_pa
     with torch.no_grad():
         eager = model(ids).logits
         first = torch.compile(model, backend="quant_inductor")(ids).logits
-        assert counters["inductor_quant"][f"{scheme}_prepacked"] > 0
+        done = "int8_constants_joined" if scheme == "int8" else f"{scheme}_prepacked"
+        assert counters["inductor_quant"][done] > 0
         verify(first, eager)
 
         after = model.state_dict()
@@ -290,7 +317,7 @@ def test_a_compiled_model_still_saves_runs_and_compiles_as_before(scheme, tmp_pa
 
         torch._dynamo.reset()
         verify(torch.compile(model, backend="quant_inductor")(ids).logits, first)
-        packed = counters["inductor_quant"][f"{scheme}_prepacked"]
+        packed = counters["inductor_quant"][done]
         torch._dynamo.reset()
         verify(torch.compile(model)(ids).logits, eager)
-        assert counters["inductor_quant"][f"{scheme}_prepacked"] == packed
+        assert counters["inductor_quant"][done] == packed

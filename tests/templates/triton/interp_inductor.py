@@ -41,7 +41,8 @@ def _chosen(scheme: str) -> list[str]:
 def _int8_model(dtype, activation):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(K, 40), activation).to(dtype)
-    return iq.quantize_(model, iq.Int8WeightOnlyConfig())
+    # the layout a GPU weight has ("auto" holds a CPU weight in the CPU kernels' blocked layout)
+    return iq.quantize_(model, iq.Int8WeightOnlyConfig(layout="plain"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -212,7 +213,11 @@ def test_templates_read_views_made_in_the_graph(scheme, monkeypatch):
     torch.manual_seed(0)
     pre = nn.Linear(K, 2 * K).to(torch.float16)
     lin = nn.Linear(K, 40).to(torch.float16)
-    config = iq.Int8WeightOnlyConfig() if scheme == "int8" else iq.Int4WeightOnlyConfig(group_size=32)
+    config = (
+        iq.Int8WeightOnlyConfig(layout="plain")
+        if scheme == "int8"
+        else iq.Int4WeightOnlyConfig(group_size=32)
+    )
     iq.quantize_(lin, config)
     bases = [
         torch.randn(shape, generator=torch.Generator().manual_seed(2)).to(torch.float16)
