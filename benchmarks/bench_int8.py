@@ -39,7 +39,7 @@ class HandWrittenInt8Linear(nn.Module):
 
     def __init__(self, qweight: iq.Int8WeightTensor):
         super().__init__()
-        self.register_buffer("w", qweight.qdata)
+        self.register_buffer("w", qweight.plain_qdata())  # [N, K] (quantize_ holds a CPU weight blocked)
         self.register_buffer("s", qweight.scale.to(qweight.dtype))
 
     def forward(self, x):

@@ -343,9 +343,10 @@ def _(func, args, kwargs):
     if not dtype.is_floating_point:
         raise ValueError(f"{type(w).__name__} stands in for a float weight; cannot convert it to {dtype}")
     device = kwargs.get("device")
-    if device is not None and torch.device(device).type != w.device.type:
-        w = w.canonical()  # kernel layouts belong to one kind of device
-    return w._rebuild((lambda t: t.to(device)) if device is not None else (lambda t: t), dtype=dtype)
+    if device is None or torch.device(device).type == w.device.type:
+        return w._rebuild(lambda t: t.to(device) if device is not None else t, dtype=dtype)
+    # kernel layouts belong to one kind of device: move the canonical form, then take the target's layout
+    return w.canonical()._rebuild(lambda t: t.to(device), dtype=dtype).with_kernel_layout()
 
 
 @implements(aten.copy_.default)

@@ -1,4 +1,6 @@
-"""Lowering of ``inductor_quant::int8_weight_linear`` (stage 5 of the pipeline): offer the kernels, autotune, pick.
+"""Lowerings of ``inductor_quant::int8_weight_linear`` (a plain ``[N, K]`` weight: below) and
+``int8_weight_linear_packed`` (the blocked layout a CPU ``Int8WeightTensor`` is held in: its GEMV template for
+decode, the widening GEMM on that layout for prefill) (stage 5 of the pipeline): offer the kernels, autotune, pick.
 
 CPU (Inductor's C++ backend), decode (static M <= ``MAX_M``): autotuned among, aten fallback first,
   * ``aten``: the op's eager implementation (``_weight_int8pack_mm`` + bias);

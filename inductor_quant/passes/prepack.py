@@ -7,7 +7,10 @@ served by kernels that read the plain weight. A packed weight is a new tensor be
 once per process and shared by every graph that reads it (``_shared``: the prompt's and the step's graphs,
 recompiles, a second ``torch.compile``); ``options={"inductor_quant.prepack": False}`` turns packing off.
 
-* ``int8_weight_linear`` -> ``int8_weight_linear_packed`` (``primitives.pack_int8_blocked``);
+* ``int8_weight_linear`` -> ``int8_weight_linear_packed`` (``primitives.pack_int8_blocked``): int8 weights held
+  plain (``layout="plain"``, hand-written int8 code). A CPU ``Int8WeightTensor`` is held in that layout already
+  (``quantize_``'s default), so its graphs carry ``int8_weight_linear_packed`` on the module's own tensor and
+  nothing is packed or copied;
 * ``int4_weight_linear`` -> ``int4_weight_linear_packed`` (``primitives.pack_int4_blocked``; a K that is not a
   multiple of the kernel's 128-value step is zero-padded to one, with zero scales and zero points for the padded
   groups);
@@ -19,7 +22,8 @@ recompiles, a second ``torch.compile``); ``options={"inductor_quant.prepack": Fa
 * linears that read one activation (q / k / v, gate / up) with weights of one scheme become one linear over their
   weights concatenated along N before they are packed, its output sliced back (``_fuse_siblings``): one GEMV in
   place of three (SmolLM2: 7 -> 4 per layer; a 576 x 192 GEMV is mostly fixed cost). The concatenation is the
-  packed copy (the module's own weights are not touched);
+  packed copy; for weights held blocked, the module's own tensors (weights, scales, biases) are moved into one
+  storage each instead (``_joined``), so the fused GEMV reads them in place and nothing is copied;
 * ``ternary_mm`` (BitLinear) reads its packed weight as stored; only a per-tensor weight scale (``[1]``) is
   repeated into a ``[N]`` constant. Inductor inlines constants of at most 8 values into the code as literals, so
   every layer's scale would otherwise make its own small kernel, each one a C++ compile (measured: 16 layers compile

@@ -154,6 +154,51 @@ def compiled_per_rank(rank: int, scheme: str) -> None:
     assert not FLOAT_GEMM.search(code)
 
 
+class GatedMLP(nn.Module):
+    """gate and up read one activation: quant_inductor fuses them (int8: moving their weights into one storage)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.gate, self.up = nn.Linear(K, HIDDEN), nn.Linear(K, HIDDEN)
+        self.down = nn.Linear(HIDDEN, K)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.gate(x)) * self.up(x))
+
+
+def shard_after_compile(rank: int, scheme: str) -> None:
+    """A model compiled and run with quant_inductor first (weights packed, or joined for the fused gate / up GEMV)
+    then sharded: its shards are the original quantized weights' slices and the parallel model, eager and compiled
+    again, answers as the single-process model does."""
+    from torch._dynamo.utils import counters
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    import inductor_quant as iq
+    from inductor_quant.distributed import slice_weight
+
+    config = iq.Int8WeightOnlyConfig() if scheme == "int8" else iq.Int4WeightOnlyConfig(group_size=32)
+    model = iq.quantize_(GatedMLP(), config)
+    reference = copy.deepcopy(model)
+    x = torch.randn(4, K, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference(x)
+        torch.testing.assert_close(torch.compile(model, backend="quant_inductor")(x), expected)
+        assert counters["inductor_quant"]["linears_fused"] == 1, dict(counters["inductor_quant"])
+        mesh = init_device_mesh("cpu", (WORLD,))
+        plan = {"gate": ColwiseParallel(), "up": ColwiseParallel(), "down": RowwiseParallel()}
+        parallelize_module(model, mesh, plan)
+        mine = slice(rank * HIDDEN // WORLD, (rank + 1) * HIDDEN // WORLD)
+        for name in ("gate", "up"):
+            shard = getattr(model, name).weight.to_local()
+            assert_same_weight(shard, slice_weight(getattr(reference, name).weight, 0, mine.start, mine.stop))
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+        torch._dynamo.reset()
+        out = torch.compile(model, backend="quant_inductor")(x)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
 def checkpoint_round_trip(rank: int, scheme: str, path: str) -> None:
     import torch.distributed.checkpoint as dcp
 
@@ -215,6 +260,11 @@ def test_parallelize_module_eager_outputs_and_memory(scheme):
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_quant_inductor_on_each_rank(scheme):
     spawn(compiled_per_rank, scheme)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_sharding_a_model_that_quant_inductor_has_compiled(scheme):
+    spawn(shard_after_compile, scheme)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
