@@ -160,6 +160,7 @@ def _int4_weight(module: nn.Module, config: Int4WeightOnlyConfig) -> nn.Module:
         Int4WeightA8Tensor if isinstance(config, Int8DynamicActivationInt4WeightConfig) else Int4WeightTensor
     )
     qweight = cls(qdata, scale, zero_point, dtype=weight.dtype, group_size=group_size, transposed=transposed)
+    qweight = qweight.with_kernel_layout() if config.layout == "auto" else qweight.with_layout(config.layout)
     module.weight = nn.Parameter(qweight, requires_grad=False)
     return module
 

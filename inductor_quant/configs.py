@@ -11,8 +11,8 @@ from .primitives import (
     ACTIVATION_GRANULARITIES,
     INT4_GROUP_SIZES,
     INT4_ZERO_POINT_DTYPES,
-    INT8_LAYOUTS,
     TERNARY_WEIGHT_GRANULARITIES,
+    WEIGHT_LAYOUTS,
 )
 
 _SCALE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -39,8 +39,12 @@ class Int8WeightOnlyConfig:
     def __post_init__(self) -> None:
         if self.scale_dtype not in _SCALE_DTYPES:
             raise ValueError(f"scale_dtype must be one of {_SCALE_DTYPES}, got {self.scale_dtype}")
-        if self.layout not in ("auto", *INT8_LAYOUTS):
-            raise ValueError(f"layout must be one of {('auto', *INT8_LAYOUTS)}, got {self.layout!r}")
+        _check_layout(self.layout)
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in ("auto", *WEIGHT_LAYOUTS):
+        raise ValueError(f"layout must be one of {('auto', *WEIGHT_LAYOUTS)}, got {layout!r}")
 
 
 @dataclass(frozen=True)
@@ -56,13 +60,18 @@ class Int4WeightOnlyConfig:
     always contains 0; or a float dtype (``torch.float16``: 8 more bits per group), a fractional zero point, each
     group on its own [min, max] range (the form of llama.cpp's Q4_1 / Q4_K: at g32 with fp16 scales and zero
     points, 5 bits per weight, the size of Q4_1). The decode kernels read either at the same speed.
+
+    ``layout``: as ``Int8WeightOnlyConfig``'s; ``"auto"`` holds a CPU weight whose K is a multiple of 128 in the
+    blocked layout of the int4 CPU kernels (other K: plain, and compiled decode graphs read a packed copy, padded).
     """
 
     group_size: int = 128
     scale_dtype: torch.dtype = torch.bfloat16
     zero_point_dtype: torch.dtype = torch.uint8
+    layout: str = "auto"
 
     def __post_init__(self) -> None:
+        _check_layout(self.layout)
         if self.group_size not in INT4_GROUP_SIZES:
             raise ValueError(f"group_size must be one of {INT4_GROUP_SIZES}, got {self.group_size!r}")
         if self.scale_dtype not in _SCALE_DTYPES:
@@ -79,7 +88,8 @@ class Int8DynamicActivationInt4WeightConfig(Int4WeightOnlyConfig):
     that quantizes its activations to int8 per token (absmax / 127, round to nearest) for an integer dot product,
     as llama.cpp does for its 4-bit formats. Faster decode on CPUs with AVX512-VNNI, at an accuracy cost on top of
     the weights' (README, int4 section). Inference only: a forward that needs gradients raises. Integer zero
-    points only (its kernels' exact integer group sums assume them)."""
+    points only (its kernels' exact integer group sums assume them). Its weights are held plain: the decode kernel
+    reads a lane layout made at compile time."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -87,6 +97,8 @@ class Int8DynamicActivationInt4WeightConfig(Int4WeightOnlyConfig):
             raise ValueError(
                 f"W4A8 takes integer (torch.uint8) zero points only, got {self.zero_point_dtype}"
             )
+        if self.layout == "blocked":
+            raise ValueError("W4A8 weights are held plain (layout 'auto' or 'plain'), got layout='blocked'")
 
 
 @dataclass(frozen=True)

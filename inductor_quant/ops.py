@@ -369,13 +369,20 @@ def int4_weight_linear_packed(
 
     ``zero`` is the zero point (``W = (q - zero) * scale``), or, with ``zero_is_offset``, an fp32 offset
     (``W = q * scale + zero``: the form aten's ``_weight_int4pack_mm_for_cpu`` scales and zeros convert to exactly).
-    Made only by the prepack pass, for frozen weights of decode-shaped graphs; its lowering is the GEMV template.
-    This eager implementation (unpack, widen, GEMM) is the reference, not a fast path.
+    How an ``Int4WeightTensor`` held blocked runs (``layout="blocked"``), and what the prepack pass makes of other
+    constant int4 weights of decode graphs (K zero-padded to a multiple of 128). Eagerly: the native GEMM of
+    ``kernels/widening_gemm.cpp`` on the blocked layout where K is not padded; otherwise the weight is unpacked and
+    widened (the reference, not a fast path). Compiled: the GEMV template (decode) or that GEMM (prefill).
     """
+    from .kernels import int4_gemm
     from .primitives import unpack_int4, unpack_int4_blocked
 
-    # the packed K may be zero-padded past x's K (the prepack pass pads it to the kernel's step): drop the padding
     k, groups = x.shape[1], x.shape[1] // group_size
+    if not zero_is_offset and scale.shape[1] == groups:
+        out = int4_gemm(x, packed_weight, scale, zero, group_size, bias, out_dtype or x.dtype, blocked=True)
+        if out is not None:
+            return out
+    # the packed K may be zero-padded past x's K (the prepack pass pads it to the kernel's step): drop the padding
     qdata = unpack_int4_blocked(packed_weight, out_features, scale.shape[1] * group_size)[:, : k // 2]
     scale, zero = scale[:, :groups], zero[:, :groups]
     if not zero_is_offset:
@@ -392,6 +399,32 @@ def int4_weight_linear_packed(
 @int4_weight_linear_packed.register_fake
 def _(x, packed_weight, scale, zero, group_size, bias, out_dtype, out_features, zero_is_offset=False):
     return x.new_empty((x.shape[0], out_features), dtype=out_dtype or x.dtype)
+
+
+def _int4_packed_setup_context(ctx, inputs, output):
+    x, packed_weight, scale, zero, group_size, bias, _, out_features, zero_is_offset = inputs
+    ctx.save_for_backward(packed_weight, scale, zero)
+    ctx.args = (group_size, out_features, zero_is_offset, x.shape[1])
+    ctx.x_dtype = x.dtype
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _int4_packed_backward(ctx, grad):
+    from .primitives import unpack_int4, unpack_int4_blocked
+
+    packed_weight, scale, zero = ctx.saved_tensors
+    group_size, n, zero_is_offset, k = ctx.args
+    groups = k // group_size
+    qdata = unpack_int4_blocked(packed_weight, n, scale.shape[1] * group_size)[:, : k // 2]
+    q = unpack_int4(qdata).float().view(n, groups, group_size)
+    s, z = scale[:, :groups].float()[..., None], zero[:, :groups].float()[..., None]
+    w = (q * s + z if zero_is_offset else (q - z) * s).view(n, k)
+    grad_x = (grad.float() @ w).to(ctx.x_dtype)
+    grad_bias = grad.sum(0).to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
+    return grad_x, None, None, None, None, grad_bias, None, None, None
+
+
+int4_weight_linear_packed.register_autograd(_int4_packed_backward, setup_context=_int4_packed_setup_context)
 
 
 @torch.library.custom_op("inductor_quant::aten_int4pack_mm_checked", mutates_args=())

@@ -34,8 +34,9 @@ def dequantize_int8(
 # is one contiguous stream: packed[b, s, r, j] = w[b * ROWS + r, s * K_STEP + j]. N is zero-padded to ROWS.
 PACK_ROWS = 4  # rows per block: the GEMV kernel keeps 4 rows x (up to) 4 activation rows of accumulators
 PACK_K_STEP = 32  # one 32-byte run per row per step
-# How an Int8WeightTensor holds qdata: "plain" [N, K] row-major, or "blocked" (flat, this layout)
-INT8_LAYOUTS = ("plain", "blocked")
+# How an int8 / int4 weight subclass holds qdata: "plain" (row-major), or "blocked" (flat: this layout for int8,
+# pack_int4_blocked's for int4)
+WEIGHT_LAYOUTS = ("plain", "blocked")
 
 
 def pack_int8_blocked(qdata: torch.Tensor) -> torch.Tensor:
@@ -55,23 +56,28 @@ def int8_blocked_numel(n: int, k: int) -> int:
     return -(-n // PACK_ROWS) * PACK_ROWS * k
 
 
-def _blocked_rows_index(packed: torch.Tensor, k: int, rows: torch.Tensor | slice):
+def _blocked_rows(packed: torch.Tensor, row_bytes: int, run: int, rows: torch.Tensor | slice):
+    """The blocked layout (blocks of ``PACK_ROWS`` rows, ``run`` bytes per row per step) as ``[N / 4, steps, 4,
+    run]``, and the block / row-in-block indices of ``rows``."""
     if isinstance(rows, slice):
-        rows = torch.arange(packed.numel() // k, device=packed.device)[rows]
-    blocks = packed.view(-1, k // PACK_K_STEP, PACK_ROWS, PACK_K_STEP)
+        rows = torch.arange(packed.numel() // row_bytes, device=packed.device)[rows]
+    blocks = packed.view(-1, row_bytes // run, PACK_ROWS, run)
     return blocks, rows // PACK_ROWS, rows % PACK_ROWS
 
 
-def read_int8_blocked_rows(packed: torch.Tensor, k: int, rows: torch.Tensor | slice) -> torch.Tensor:
-    """Rows ``rows`` (indices or a slice) of a blocked int8 weight of K columns, as ``[R, K]``."""
-    blocks, block, row = _blocked_rows_index(packed, k, rows)
-    return blocks[block, :, row, :].reshape(len(block), k)
+def read_blocked_rows(
+    packed: torch.Tensor, row_bytes: int, run: int, rows: torch.Tensor | slice
+) -> torch.Tensor:
+    """Rows ``rows`` (indices or a slice) of a weight in a blocked layout (``pack_int8_blocked``: ``run`` =
+    ``PACK_K_STEP``; ``pack_int4_blocked``: ``INT4_PACK_RUN``), ``row_bytes`` bytes each, as ``[R, row_bytes]``."""
+    blocks, block, row = _blocked_rows(packed, row_bytes, run, rows)
+    return blocks[block, :, row, :].reshape(len(block), row_bytes)
 
 
-def write_int8_blocked_rows(packed: torch.Tensor, k: int, rows: slice, q: torch.Tensor) -> None:
-    """Set rows ``rows`` of a blocked int8 weight of K columns to ``q [R, K]``, in place."""
-    blocks, block, row = _blocked_rows_index(packed, k, rows)
-    blocks[block, :, row, :] = q.reshape(len(block), k // PACK_K_STEP, PACK_K_STEP).to(torch.int8)
+def write_blocked_rows(packed: torch.Tensor, row_bytes: int, run: int, rows: slice, q: torch.Tensor) -> None:
+    """Set rows ``rows`` of a weight in a blocked layout to ``q [R, row_bytes]``, in place."""
+    blocks, block, row = _blocked_rows(packed, row_bytes, run, rows)
+    blocks[block, :, row, :] = q.reshape(len(block), row_bytes // run, run).to(packed.dtype)
 
 
 def unpack_int8_blocked(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:

@@ -16,14 +16,18 @@ from torch.utils._python_dispatch import return_and_correct_aliasing
 
 from . import ops as _ops  # noqa: F401  (registers torch.ops.inductor_quant.*)
 from .primitives import (
-    INT8_LAYOUTS,
+    INT4_PACK_RUN,
     PACK_K_STEP,
+    WEIGHT_LAYOUTS,
     dequantize_int4,
     dequantize_int8,
     int8_blocked_numel,
+    pack_int4_blocked,
     pack_int8_blocked,
-    read_int8_blocked_rows,
+    read_blocked_rows,
+    unpack_int4_blocked,
     unpack_int8_blocked,
+    write_blocked_rows,
 )
 
 aten = torch.ops.aten
@@ -158,58 +162,102 @@ def _rebuild_quantized_weight(cls, tensors, dtype, transposed, attrs):
     return cls(*tensors, dtype=dtype, transposed=transposed, **attrs)
 
 
-class Int8WeightTensor(QuantizedWeightTensor):
+class BlockedLayoutWeight(QuantizedWeightTensor):
+    """A weight whose ``qdata`` (output rows of values, first inner tensor) is held plain or in a blocked decode
+    layout (``layout``): blocks of ``PACK_ROWS`` rows, ``blocked_run`` bytes of each row per step, one contiguous run
+    per block, flat. On the CPU, where K allows it, ``quantize_`` holds it blocked: every CPU kernel (decode GEMV,
+    prefill GEMM, the eager op) reads that layout, so a compiled model reads the module's own bytes and holds each
+    weight once. The other inner tensors (scales, zero points) are the same in both layouts."""
+
+    layout = "plain"
+    blocked_run: ClassVar[int]  # bytes of a row per step
+    blocked_k_multiple: ClassVar[int]  # K a blocked weight needs a multiple of
+    values_per_byte: ClassVar[int]
+    _pack: ClassVar[Callable]  # plain qdata -> blocked
+    _unpack: ClassVar[Callable]  # (blocked, N, K) -> plain qdata
+
+    def _shape_nk(self) -> tuple[int, int]:
+        return tuple(self.shape[::-1] if self.transposed else self.shape)
+
+    def _row_bytes(self) -> int:
+        return self._shape_nk()[1] // self.values_per_byte
+
+    def plain_qdata(self) -> torch.Tensor:
+        """``qdata`` in its plain form (a copy for the blocked layout)."""
+        return type(self)._unpack(self.qdata, *self._shape_nk()) if self.layout == "blocked" else self.qdata
+
+    def with_layout(self, layout: str) -> BlockedLayoutWeight:
+        """This weight with ``qdata`` in ``layout`` (itself if it is already)."""
+        if layout not in WEIGHT_LAYOUTS:
+            raise ValueError(f"layout must be one of {WEIGHT_LAYOUTS}, got {layout!r}")
+        if layout == self.layout:
+            return self
+        qdata = type(self)._pack(self.qdata) if layout == "blocked" else self.plain_qdata()
+        return type(self)(
+            qdata,
+            *self._tensors()[1:],
+            dtype=self.dtype,
+            transposed=self.transposed,
+            **{**self._attrs(), "layout": layout},
+        )
+
+    def canonical(self) -> BlockedLayoutWeight:
+        return self.with_layout("plain")
+
+    def with_kernel_layout(self) -> BlockedLayoutWeight:
+        """Blocked on the CPU where K is a multiple of ``blocked_k_multiple``; plain elsewhere."""
+        blocked = self.device.type == "cpu" and self._shape_nk()[1] % self.blocked_k_multiple == 0
+        return self.with_layout("blocked" if blocked else "plain")
+
+    def qdata_rows(self, rows: torch.Tensor | slice) -> torch.Tensor:
+        """Rows ``rows`` of ``qdata`` in its plain form."""
+        if self.layout != "blocked":
+            return self.qdata[rows]
+        return read_blocked_rows(self.qdata, self._row_bytes(), self.blocked_run, rows)
+
+    def set_qdata_rows(self, rows: slice, q: torch.Tensor) -> None:
+        """Set rows ``rows`` of ``qdata`` (given in its plain form), in place."""
+        if self.layout != "blocked":
+            self.qdata[rows] = q.to(self.qdata.dtype)
+        else:
+            write_blocked_rows(self.qdata, self._row_bytes(), self.blocked_run, rows, q)
+
+    def rows(self, index: torch.Tensor) -> BlockedLayoutWeight:
+        if self.layout != "blocked":
+            return super().rows(index)
+        return type(self)(
+            self.qdata_rows(index),
+            *(t[index] for t in self._tensors()[1:]),
+            dtype=self.dtype,
+            **{**self._attrs(), "layout": "plain"},
+        )
+
+
+class Int8WeightTensor(BlockedLayoutWeight):
     """Per-output-channel symmetric int8 weight: ``w ≈ qdata * scale[:, None]``.
 
     Fields:
         qdata: int8 in ``[-127, 127]``; ``layout="plain"``: ``[N, K]``, row-major; ``layout="blocked"``: flat, the
-            blocked decode layout of ``primitives.pack_int8_blocked`` (what the CPU kernels read: ``quantize_``
-            stores CPU weights so, and the compiled model reads this one copy).
+            layout of ``primitives.pack_int8_blocked`` (K % 32 == 0; see ``BlockedLayoutWeight``).
         scale: ``[N]`` float (fp32 by default), one per output channel.
     ``canonical()`` is the plain form: what is saved, sharded and moved to other devices.
     """
 
     tensor_data_names = ("qdata", "scale")
     tensor_attribute_names = ("layout",)
-    layout = "plain"
+    blocked_run = PACK_K_STEP
+    blocked_k_multiple = PACK_K_STEP
+    values_per_byte = 1
+    _pack = staticmethod(pack_int8_blocked)
+    _unpack = staticmethod(unpack_int8_blocked)
 
     @staticmethod
     def __new__(cls, qdata, scale, *, dtype, transposed=False, layout="plain"):
-        if layout not in INT8_LAYOUTS:
-            raise ValueError(f"layout must be one of {INT8_LAYOUTS}, got {layout!r}")
         n = scale.shape[0]
         shape = (n, qdata.numel() // int8_blocked_numel(n, 1)) if layout == "blocked" else tuple(qdata.shape)
         return torch.Tensor._make_wrapper_subclass(
             cls, shape[::-1] if transposed else shape, dtype=dtype, device=qdata.device, requires_grad=False
         )
-
-    def _shape_nk(self) -> tuple[int, int]:
-        return tuple(self.shape[::-1] if self.transposed else self.shape)
-
-    def plain_qdata(self) -> torch.Tensor:
-        """``qdata`` as ``[N, K]`` row-major (a copy for the blocked layout)."""
-        return unpack_int8_blocked(self.qdata, *self._shape_nk()) if self.layout == "blocked" else self.qdata
-
-    def with_layout(self, layout: str) -> Int8WeightTensor:
-        """This weight with ``qdata`` in ``layout`` (itself if it is already)."""
-        if layout == self.layout:
-            return self
-        qdata = pack_int8_blocked(self.qdata) if layout == "blocked" else self.plain_qdata()
-        return type(self)(qdata, self.scale, dtype=self.dtype, transposed=self.transposed, layout=layout)
-
-    def canonical(self) -> Int8WeightTensor:
-        return self.with_layout("plain")
-
-    def with_kernel_layout(self) -> Int8WeightTensor:
-        """Blocked on the CPU where K is a multiple of ``PACK_K_STEP``; plain elsewhere."""
-        blocked = self.device.type == "cpu" and self._shape_nk()[1] % PACK_K_STEP == 0
-        return self.with_layout("blocked" if blocked else "plain")
-
-    def rows(self, index: torch.Tensor) -> Int8WeightTensor:
-        if self.layout != "blocked":
-            return super().rows(index)
-        q = read_int8_blocked_rows(self.qdata, self._shape_nk()[1], index)
-        return Int8WeightTensor(q, self.scale[index], dtype=self.dtype)
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         w = dequantize_int8(self.plain_qdata(), self.scale, dtype or self.dtype)
@@ -224,34 +272,50 @@ class Int8WeightTensor(QuantizedWeightTensor):
         return torch.ops.inductor_quant.int8_weight_linear(x, self.qdata, self.scale, bias)
 
 
-class Int4WeightTensor(QuantizedWeightTensor):
+class Int4WeightTensor(BlockedLayoutWeight):
     """Asymmetric groupwise int4 weight: ``w[n, k] ≈ (q[n, k] - zero_point[n, g]) * scale[n, g]``,
     ``g = k // group_size``.
 
     Fields:
-        qdata: uint8 ``[N, K / 2]``, two values per byte (``k = 2j`` low nibble, ``k = 2j + 1`` high nibble).
+        qdata: uint8, two values per byte (``k = 2j`` low nibble, ``k = 2j + 1`` high nibble); ``layout="plain"``:
+            ``[N, K / 2]``; ``layout="blocked"``: flat, the layout of ``primitives.pack_int4_blocked`` (K % 128 == 0;
+            see ``BlockedLayoutWeight``).
         scale: ``[N, K / group_size]`` float (bf16 by default).
         zero_point: ``[N, K / group_size]`` uint8 in [0, 15], or float (fractional: ``INT4_ZERO_POINT_DTYPES``).
         group_size: 32, 64, 128 or 256.
-    The storage is device-neutral; kernel layouts are made from it at compile time.
+    ``canonical()`` is the plain form: what is saved, sharded and moved to other devices.
     """
 
     tensor_data_names = ("qdata", "scale", "zero_point")
-    tensor_attribute_names = ("group_size",)
+    tensor_attribute_names = ("group_size", "layout")
+    blocked_run = INT4_PACK_RUN
+    blocked_k_multiple = 2 * INT4_PACK_RUN
+    values_per_byte = 2
+    _pack = staticmethod(pack_int4_blocked)
+    _unpack = staticmethod(unpack_int4_blocked)
 
     @staticmethod
-    def __new__(cls, qdata, scale, zero_point, *, dtype, transposed=False, group_size):
-        n, k = qdata.shape[0], 2 * qdata.shape[1]
+    def __new__(cls, qdata, scale, zero_point, *, dtype, transposed=False, group_size, layout="plain"):
+        if layout == "blocked":
+            n, k = scale.shape[0], scale.shape[1] * group_size
+        else:
+            n, k = qdata.shape[0], 2 * qdata.shape[1]
         shape = (k, n) if transposed else (n, k)
         return torch.Tensor._make_wrapper_subclass(
             cls, shape, dtype=dtype, device=qdata.device, requires_grad=False
         )
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        w = dequantize_int4(self.qdata, self.scale, self.zero_point, self.group_size, dtype or self.dtype)
+        w = dequantize_int4(
+            self.plain_qdata(), self.scale, self.zero_point, self.group_size, dtype or self.dtype
+        )
         return w.t() if self.transposed else w
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.layout == "blocked":
+            return torch.ops.inductor_quant.int4_weight_linear_packed(
+                x, self.qdata, self.scale, self.zero_point, self.group_size, bias, None, self._shape_nk()[0]
+            )
         return torch.ops.inductor_quant.int4_weight_linear(
             x, self.qdata, self.scale, self.zero_point, self.group_size, bias
         )
@@ -259,12 +323,17 @@ class Int4WeightTensor(QuantizedWeightTensor):
 
 class Int4WeightA8Tensor(Int4WeightTensor):
     """The int4 groupwise weight of ``Int4WeightTensor`` (same fields, same storage) whose linear quantizes the
-    activations to int8 per token first (W4A8: ``Int8DynamicActivationInt4WeightConfig``). Inference only."""
+    activations to int8 per token first (W4A8: ``Int8DynamicActivationInt4WeightConfig``). Inference only. Held
+    plain: its decode kernel reads a lane layout made at compile time."""
+
+    def with_kernel_layout(self) -> Int4WeightA8Tensor:
+        return self.canonical()
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         from .ops import int4_a8_linear
 
-        return int4_a8_linear(x, self.qdata, self.scale, self.zero_point, self.group_size, bias)
+        w = self.canonical()
+        return int4_a8_linear(x, w.qdata, w.scale, w.zero_point, w.group_size, bias)
 
 
 implements = QuantizedWeightTensor.implements

@@ -142,7 +142,8 @@ def test_cpp_wrapper_request_compiles_with_the_python_wrapper_and_says_so(caplog
     with caplog.at_level("WARNING", logger="inductor_quant.backend"), torch.no_grad():
         out, code = compile_and_run(model, x, options={"cpp_wrapper": True})
         compile_and_run(model, x[:1], options={"cpp_wrapper": True})
-    assert "inductor_quant_int8_dequant_mm" in code and "def call(" in code  # the Python wrapper's call
+    # the Python wrapper's call of the prefill GEMM on the (blocked) int8 weight
+    assert "inductor_quant_int8_packed_gemm" in code and "def call(" in code
     warned = [r for r in caplog.records if "cpp_wrapper=True cannot call" in r.getMessage()]
     assert len(warned) == 1
     with torch.no_grad():
@@ -286,14 +287,16 @@ def test_torch_logs_shows_rewrites_kernels_and_timings():
         import torch, torch.nn.functional as F
         import inductor_quant as iq
         m = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.Linear(64, 32, bias=False)).to(torch.bfloat16)
-        iq.quantize_(m, iq.Int8WeightOnlyConfig())
+        blocked = iq.quantize_(torch.nn.Linear(128, 64).to(torch.bfloat16), iq.Int8WeightOnlyConfig())
+        iq.quantize_(m, iq.Int8WeightOnlyConfig(layout="plain"))  # plain weights: autotuned, and prepacked
         x = torch.randn(4, 128, dtype=torch.bfloat16)
         torch.compile(m, backend="quant_inductor")(x)          # grad on: no freezing, autotuned
         with torch.no_grad():
             torch.compile(m, backend="quant_inductor")(x)      # frozen: prepacked
+            torch.compile(blocked, backend="quant_inductor")(x)  # held blocked: the packed kernel, nothing packed
         torch._dynamo.reset()  # else the new input shape makes Dynamo recompile the same frame with dynamic M
         m4 = torch.nn.Linear(256, 64).to(torch.bfloat16)
-        iq.quantize_(m4, iq.Int4WeightOnlyConfig(group_size=64))
+        iq.quantize_(m4, iq.Int4WeightOnlyConfig(group_size=64, layout="plain"))
         x4 = torch.randn(2, 256, dtype=torch.bfloat16)
         torch.compile(m4, backend="quant_inductor")(x4)
         with torch.no_grad():
@@ -306,6 +309,7 @@ def test_torch_logs_shows_rewrites_kernels_and_timings():
     assert re.search(r"offered \['aten', 'int8_gemv'\], chose \w+", log), log[-3000:]
     assert re.search(r"autotune inductor_quant_int8_weight_linear .*: .* us", log), log[-3000:]
     assert "-> blocked decode layout" in log
+    assert re.search(r"int8_weight_linear_packed M=4 N=64 K=128 .*offered \['int8_gemv_packed'\]", log)
     assert re.search(
         r"int4_weight_linear M=2 N=64 K=256 .*offered \['dequant_mm', 'int4_gemv'\], chose \w+", log
     )

@@ -163,7 +163,7 @@ def test_int4_eager_forward(dtype, group_size):
     # reference 2: the exact int4 math in fp32
     w = lin.weight
     expected = int4_linear_reference(
-        x.reshape(-1, 512), w.qdata, w.scale, w.zero_point, group_size, lin.bias
+        x.reshape(-1, 512), w.plain_qdata(), w.scale, w.zero_point, group_size, lin.bias
     ).reshape(y.shape)
     from conftest import verify
 
@@ -179,7 +179,8 @@ def test_int4_eager_forward_never_builds_the_whole_float_weight(monkeypatch):
     monkeypatch.setattr(iq.Int4WeightTensor, "dequantize", no_float_weight)
     with torch.no_grad(), torch.profiler.profile() as prof:
         lin(torch.randn(4, 256, dtype=torch.bfloat16))
-    assert "inductor_quant::int4_weight_linear" in {e.name for e in prof.events()}
+    # (a CPU weight with K % 128 == 0 is held in the blocked layout: the op on that layout)
+    assert "inductor_quant::int4_weight_linear_packed" in {e.name for e in prof.events()}
 
 
 def test_int4_backward_reaches_the_input():
@@ -206,7 +207,9 @@ def test_int4_copy_between_group_sizes_is_an_error():
     a, _ = _int4_linear(torch.float32, group_size=64)
     b, _ = _int4_linear(torch.float32, group_size=128)
     # load_state_dict wraps the ValueError of copy_ in a RuntimeError; the message names both group sizes
-    with pytest.raises(RuntimeError, match=r"'group_size': 64\} into one, got .*group_size=128"):
+    with pytest.raises(
+        RuntimeError, match=r"'group_size': 64, 'layout': 'blocked'\} into one, got .*group_size=128"
+    ):
         a.load_state_dict(b.state_dict())
 
 
@@ -245,8 +248,8 @@ def test_a8_same_weight_as_int4_weight_only():
     lin, _ = _a8_linear(torch.bfloat16)
     torch.manual_seed(0)
     plain = iq.quantize_(nn.Linear(256, 72).to(torch.bfloat16), iq.Int4WeightOnlyConfig(group_size=64))
-    for name in ("qdata", "scale", "zero_point"):
-        assert torch.equal(getattr(lin.weight, name), getattr(plain.weight, name))
+    for name in ("qdata", "scale", "zero_point"):  # (W4A8's held plain, int4 weight-only's blocked)
+        assert torch.equal(getattr(lin.weight, name), getattr(plain.weight.canonical(), name))
 
 
 def test_a8_forward_that_needs_gradients_is_an_error_naming_the_option():
@@ -310,3 +313,28 @@ def test_cpu_int8_weights_are_held_in_the_kernels_blocked_layout():
     assert odd.layout == "plain" and forced.layout == "plain"
     with pytest.raises(ValueError, match="layout"):
         iq.Int8WeightOnlyConfig(layout="tiled")
+
+
+def test_cpu_int4_weights_are_held_blocked_where_k_allows_and_w4a8_plain():
+    from inductor_quant.primitives import quantize_int4_groupwise, unpack_int4_blocked
+
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 10).to(torch.bfloat16)
+    q, s, z = quantize_int4_groupwise(lin.weight, 64, torch.bfloat16, torch.uint8)
+    iq.quantize_(lin, iq.Int4WeightOnlyConfig(group_size=64))
+    w = lin.weight
+    assert w.layout == "blocked" and w.shape == (10, 256) and w.qdata.shape == (12 * 128,)
+    assert torch.equal(unpack_int4_blocked(w.qdata, 10, 256), q) and torch.equal(w.scale, s)
+    plain = w.canonical()
+    assert torch.equal(plain.qdata, q) and torch.equal(plain.zero_point, z) and torch.equal(w, plain)
+    rows = torch.tensor([9, 2])
+    assert torch.equal(w.rows(rows).dequantize(), plain.dequantize()[rows])
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    with torch.no_grad():
+        torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, plain.dequantize(), lin.bias))
+    # K = 576 (SmolLM2) is not a multiple of the layout's 128-value step: plain; W4A8 is always held plain
+    assert iq.quantize_(nn.Linear(576, 8), iq.Int4WeightOnlyConfig(group_size=64)).weight.layout == "plain"
+    a8 = iq.quantize_(nn.Linear(256, 8), iq.Int8DynamicActivationInt4WeightConfig(group_size=64)).weight
+    assert a8.layout == "plain"
+    with pytest.raises(ValueError, match="held plain"):
+        iq.Int8DynamicActivationInt4WeightConfig(layout="blocked")

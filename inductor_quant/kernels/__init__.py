@@ -97,7 +97,10 @@ def _widening_gemm_lib():
     signatures = {
         "inductor_quant_int8_gemm": ([_I64] + [_PTR] * 2 + [_I64] + [_PTR] * 3 + [_I64] * 5, _I64),
         "inductor_quant_int8_gemv_blocked": ([_PTR] * 5 + [_I64] * 5, _I64),
-        "inductor_quant_int4_gemm": ([_I64] + [_PTR] * 4 + [_I64] + [_PTR] * 2 + [_I64] * 5, _I64),
+        "inductor_quant_int4_gemm": (
+            [_I64] + [_PTR] * 2 + [_I64] + [_PTR] * 2 + [_I64] + [_PTR] * 2 + [_I64] * 5,
+            _I64,
+        ),
         "inductor_quant_int8_block_gemm": ([_I64] + [_PTR] * 3 + [_I64] + [_PTR] * 2 + [_I64] * 5, _I64),
     }
     return _build("widening_gemm.cpp", "widening GEMM kernels", signatures, needs_vec_isa=True)
@@ -207,15 +210,18 @@ def int4_gemm(
     group_size: int,
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
+    *,
+    blocked: bool = False,
 ) -> torch.Tensor | None:
-    """``x @ W.T (+ bias)`` for ``x [M, K]`` and the int4 groupwise weight, ``W`` rounded to ``x.dtype`` as
+    """``x @ W.T (+ bias)`` for ``x [M, K]`` and the int4 groupwise weight (``qdata`` uint8 ``[N, K / 2]``, or,
+    ``blocked``, flat in ``primitives.pack_int4_blocked``'s layout), ``W`` rounded to ``x.dtype`` as
     ``int4_dequantize_rows`` does, by the native kernel of ``widening_gemm.cpp``; ``None`` where it does not apply
     (as ``int8_gemm``, and groups that are not a multiple of 32)."""
     q = qdata.contiguous()
     s = scale.to(torch.float32).contiguous()
     z = zero_point.to(torch.float32).contiguous()
-    args = (q.data_ptr(), s.data_ptr(), z.data_ptr(), group_size)
-    return _widening_gemm("inductor_quant_int4_gemm", x, q.shape[0], args, bias, out_dtype)
+    args = (q.data_ptr(), int(blocked), s.data_ptr(), z.data_ptr(), group_size)
+    return _widening_gemm("inductor_quant_int4_gemm", x, s.shape[0], args, bias, out_dtype)
 
 
 def int8_block_gemm(

@@ -110,13 +110,20 @@ struct Int4Weight {
     const float* s;
     const float* zp;
     int64_t K, N, GS;
+    bool blocked;  // q in the blocked decode layout [N / 4][K / 128][4][64 bytes] (primitives.pack_int4_blocked)
+
+    // the 16 bytes (32 values) of row `row` from value k on (k a multiple of 32)
+    const uint8_t* at(int64_t row, int64_t k) const {
+        return blocked ? q + ((row / 4) * (K / 128) + k / 128) * 256 + (row % 4) * 64 + (k % 128) / 2
+                       : q + row * (K / 2) + k / 2;
+    }
 
     void run(int64_t n, int64_t k, __m512 v[32]) const {
         const __m512 vs = group_column(s, n, N, K / GS, k / GS), vz = group_column(zp, n, N, K / GS, k / GS);
         const __m512i nib = _mm512_set1_epi32(0xF);
         __m512i r[16];
         for (int i = 0; i < 16; ++i)
-            r[i] = n + i < N ? _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + (n + i) * (K / 2) + k / 2)))
+            r[i] = n + i < N ? _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(at(n + i, k))))
                              : _mm512_setzero_si512();
         transpose16(r);  // r[j]: byte k / 2 + j (k + 2j low nibble, k + 2j + 1 high) of the 16 rows
         for (int j = 0; j < 16; ++j) {
@@ -345,12 +352,14 @@ extern "C" int64_t inductor_quant_int8_gemv_blocked(const void* x, const int8_t*
     return 1;
 }
 
-extern "C" int64_t inductor_quant_int4_gemm(int64_t compute, const void* x, const uint8_t* q, const float* s,
-                                            const float* zp, int64_t group_size, const float* b, void* y, int64_t M,
-                                            int64_t N, int64_t K, int64_t out_kind, int64_t num_threads) {
-    if (K % 32 != 0 || group_size % 32 != 0 || K % group_size != 0) return 0;
-    return widening_gemm(compute, Int4Weight{q, s, zp, K, N, group_size}, x, nullptr, b, y, M, N, K, out_kind,
-                         num_threads);
+// blocked: q is in the blocked decode layout (K % 128 == 0), else row-major [N, K / 2]
+extern "C" int64_t inductor_quant_int4_gemm(int64_t compute, const void* x, const uint8_t* q, int64_t blocked,
+                                            const float* s, const float* zp, int64_t group_size, const float* b,
+                                            void* y, int64_t M, int64_t N, int64_t K, int64_t out_kind,
+                                            int64_t num_threads) {
+    if (K % 32 != 0 || group_size % 32 != 0 || K % group_size != 0 || (blocked && K % 128 != 0)) return 0;
+    return widening_gemm(compute, Int4Weight{q, s, zp, K, N, group_size, blocked != 0}, x, nullptr, b, y, M, N, K,
+                         out_kind, num_threads);
 }
 
 extern "C" int64_t inductor_quant_int8_block_gemm(int64_t compute, const void* x, const int8_t* q, const float* s,
@@ -371,8 +380,8 @@ extern "C" int64_t inductor_quant_int8_gemv_blocked(const void*, const int8_t*, 
     return 0;
 }
 
-extern "C" int64_t inductor_quant_int4_gemm(int64_t, const void*, const uint8_t*, const float*, const float*, int64_t,
-                                            const float*, void*, int64_t, int64_t, int64_t, int64_t, int64_t) {
+extern "C" int64_t inductor_quant_int4_gemm(int64_t, const void*, const uint8_t*, int64_t, const float*, const float*,
+                                            int64_t, const float*, void*, int64_t, int64_t, int64_t, int64_t, int64_t) {
     return 0;
 }
 

@@ -28,13 +28,14 @@ import logging
 import torch
 
 from .._compat import inductor_internals
-from ..ops import int4_a8_dequant_mm, int4_dequant_mm
+from ..ops import int4_a8_dequant_mm, int4_dequant_mm, int4_weight_linear_packed
 from ..settings import INT4_KERNEL_ENV, forced_int4_kernel
+from ..templates.cpp.gemv import cpp_templates_apply
 from ..templates.cpp.int4_a8_gemv import CppInt4A8GemvTemplate
 from ..templates.cpp.int4_gemv import K_STEP, MAX_M, CppInt4GemvTemplate, CppInt4RowMajorA8Template
 from ..templates.triton.common import triton_applies
 from ..templates.triton.int4_mm import add_int4_mm_choices
-from .common import gemv_applies, kernel_inputs, select
+from .common import gemv_applies, is_static_decode, kernel_inputs, select
 
 _I = inductor_internals()
 L = _I.lowering
@@ -109,29 +110,58 @@ def int4_weight_linear_packed_lowering(
     *,
     layout=None,
 ):
-    """The prepack pass only packs decode-shaped problems, so the GEMV template is the one choice."""
+    """The nibbles in the blocked layout (an ``Int4WeightTensor`` held so, or a constant the prepack pass packed):
+    decode (static M <= ``MAX_M``, C++ backend) takes the GEMV template; anything else (prefill, a dynamic M) the
+    op's eager kernel (the widening GEMM on the blocked layout, ``ops.int4_weight_linear_packed``).
+    ``INT4_KERNEL=dequant_mm`` forces the latter."""
     out_dtype = out_dtype or x.get_dtype()
     inputs = kernel_inputs(x, packed_weight, scale, zero, bias)
-    m, k = (int(s) for s in inputs[0].get_size())
+    m, k = inputs[0].get_size()
     layout = _I.ir.FixedLayout(inputs[0].get_device(), out_dtype, [m, out_features])
-    gemv = CppInt4GemvTemplate.choice(
-        layout,
-        inputs,
-        has_bias=bias is not None,
-        packed=True,
-        n=out_features,
-        group_size=group_size,
-        zero_is_offset=zero_is_offset,
-    )
+    key = (m, out_features, k, *(t.get_dtype() for t in inputs), group_size, zero_is_offset, out_dtype)
+    # (any K: a packed constant's K is zero-padded to the template's step, the groups of its scales tell it)
+    decode = is_static_decode(inputs[0], MAX_M) and cpp_templates_apply(inputs[0].get_device())
+    if forced_int4_kernel() != "dequant_mm" and decode:
+        name, choice = (
+            "int4_gemv_packed",
+            CppInt4GemvTemplate.choice(
+                layout,
+                inputs,
+                has_bias=bias is not None,
+                packed=True,
+                n=out_features,
+                group_size=group_size,
+                zero_is_offset=zero_is_offset,
+            ),
+        )
+    else:
+        name, choice = (
+            "dequant_mm_packed",
+            packed_gemm_choice.bind(
+                inputs,
+                layout,
+                group_size=group_size,
+                out_dtype=out_dtype,
+                out_features=out_features,
+                zero_is_offset=zero_is_offset,
+            ),
+        )
     return select(
-        "inductor_quant_int4_weight_linear_packed",
-        {"int4_gemv_packed": gemv},
-        inputs,
-        layout,
-        None,
-        key=(m, out_features, k, *(t.get_dtype() for t in inputs), group_size, zero_is_offset, out_dtype),
-        scheme="int4",
+        "inductor_quant_int4_weight_linear_packed", {name: choice}, inputs, layout, None, key, scheme="int4"
     )
+
+
+def _packed_gemm(
+    x, packed_weight, scale, zero, bias=None, *, group_size, out_dtype=None, out_features, zero_is_offset
+):
+    return int4_weight_linear_packed(
+        x, packed_weight, scale, zero, group_size, bias, out_dtype, out_features, zero_is_offset
+    )
+
+
+packed_gemm_choice = _I.ExternKernelChoice(
+    _packed_gemm, name="inductor_quant_int4_packed_gemm", has_out_variant=False
+)
 
 
 def _int4_a8_dequant_mm(x, x_scale, qdata, scale, zero_point, bias=None, *, group_size, out_dtype=None):

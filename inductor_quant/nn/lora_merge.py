@@ -29,9 +29,7 @@ from ..primitives import (
     pack_int4,
     quantize_int4_rows,
     quantize_int8_per_channel,
-    read_int8_blocked_rows,
     unpack_int4,
-    write_int8_blocked_rows,
 )
 from ..tensor import Int4WeightTensor, Int8WeightTensor, QuantizedWeightTensor
 
@@ -91,15 +89,11 @@ class _Grid:
 
 
 def _int8_read(w: Int8WeightTensor, rows: slice):
-    q = read_int8_blocked_rows(w.qdata, w.shape[1], rows) if w.layout == "blocked" else w.qdata[rows]
-    return q.to(torch.int32), (w.scale[rows].clone(),)
+    return w.qdata_rows(rows).to(torch.int32), (w.scale[rows].clone(),)
 
 
 def _int8_write(w: Int8WeightTensor, rows: slice, q: torch.Tensor, params) -> None:
-    if w.layout == "blocked":
-        write_int8_blocked_rows(w.qdata, w.shape[1], rows, q)
-    else:
-        w.qdata[rows] = q.to(torch.int8)
+    w.set_qdata_rows(rows, q.to(torch.int8))
     w.scale[rows] = params[0]
 
 
@@ -112,13 +106,13 @@ def _int8_requantize(fresh: torch.Tensor, scale_dtype: torch.dtype):
 
 
 def _int4_read(w: Int4WeightTensor, rows: slice):
-    q = unpack_int4(w.qdata[rows]).to(torch.int32).reshape(-1, w.group_size)
+    q = unpack_int4(w.qdata_rows(rows)).to(torch.int32).reshape(-1, w.group_size)
     return q, (w.scale[rows].reshape(-1).clone(), w.zero_point[rows].reshape(-1).clone())
 
 
 def _int4_write(w: Int4WeightTensor, rows: slice, q: torch.Tensor, params) -> None:
     n_rows = rows.stop - rows.start
-    w.qdata[rows] = pack_int4(q.reshape(n_rows, -1))
+    w.set_qdata_rows(rows, pack_int4(q.reshape(n_rows, -1)))
     w.scale[rows] = params[0].reshape(n_rows, -1)
     w.zero_point[rows] = params[1].reshape(n_rows, -1)
 

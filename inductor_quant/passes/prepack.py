@@ -237,6 +237,7 @@ def prepack_weights(graph: Graph) -> int:
         {
             torch.ops.inductor_quant.int8_weight_linear.default: int8,
             _INT8_PACKED: int8,
+            _INT4_PACKED: int4,
             torch.ops.inductor_quant.int4_weight_linear.default: int4,
         },
     )
@@ -274,9 +275,14 @@ class _Siblings(NamedTuple):
 
 
 _INT8_PACKED = torch.ops.inductor_quant.int8_weight_linear_packed.default
+_INT4_PACKED = torch.ops.inductor_quant.int4_weight_linear_packed.default
+# ops on weights held in a blocked layout: their siblings' constants are joined in place (``_joined``), and the
+# fused op's out_features argument is the sum of theirs
+_BLOCKED = {_INT8_PACKED: 5, _INT4_PACKED: 7}
 _SIBLINGS = {
     torch.ops.inductor_quant.int8_weight_linear.default: _Siblings(5, 3, 4, per_row=(1, 2, 3), same=(4,)),
     _INT8_PACKED: _Siblings(6, 3, 4, per_row=(1, 2, 3), same=(4,)),
+    _INT4_PACKED: _Siblings(9, 5, 6, per_row=(1, 2, 3, 5), same=(4, 6, 8)),
     torch.ops.inductor_quant.int4_weight_linear.default: _Siblings(
         7, 5, 6, per_row=(1, 2, 3, 5), same=(4, 6)
     ),
@@ -297,8 +303,11 @@ def _sibling_key(node: Node, gm: GraphModule) -> tuple | None:
     x = args[0]
     int8 = node.target in (torch.ops.inductor_quant.int8_weight_linear.default, _INT8_PACKED)
     k_multiple = PACK_K_STEP if int8 else args[4]  # what the prepack of the fused linear will ask for
-    if node.target is _INT8_PACKED and node.args[5] % PACK_ROWS:
-        return None  # a blocked weight joins others as whole 4-row blocks only
+    if node.target in _BLOCKED:
+        if node.args[_BLOCKED[node.target]] % PACK_ROWS or len(node.args) > spec.count or node.kwargs:
+            return None  # a blocked weight joins others as whole 4-row blocks only
+        if node.target is _INT4_PACKED and (len(node.args) > 8 and node.args[8]):
+            return None  # (aten's weights taken over: constants the pass made, not the module's)
     if not isinstance(k_multiple, int) or _skip_reason(node, x, [args[1]], gm, k_multiple):
         return None
     if (forced_int8_kernel() if int8 else forced_int4_kernel()) not in (
@@ -345,13 +354,16 @@ def _fuse(graph: Graph, nodes: list[Node], consts: _Constants) -> None:
     gm = graph.owning_module
     spec = _SIBLINGS[nodes[0].target]
     args = [_args(n, spec.count, bias=spec.bias, out_dtype=spec.out_dtype) for n in nodes]
-    blocked = nodes[0].target is _INT8_PACKED
+    out_features = _BLOCKED.get(nodes[0].target)
+    blocked = out_features is not None
     widths = [
-        n.args[5] if blocked else getattr(gm, a[1].target).shape[0] for n, a in zip(nodes, args, strict=True)
+        n.args[out_features] if blocked else getattr(gm, a[1].target).shape[0]
+        for n, a in zip(nodes, args, strict=True)
     ]
     fused_args = list(args[0])
-    if blocked:
-        fused_args[5] = sum(widths)
+    if blocked:  # (positional arguments only: see _sibling_key)
+        fused_args = fused_args[: len(nodes[0].args)]
+        fused_args[out_features] = sum(widths)
     with graph.inserting_before(nodes[0]):
         for i in spec.per_row:
             if args[0][i] is None:
@@ -387,15 +399,15 @@ def _fuse(graph: Graph, nodes: list[Node], consts: _Constants) -> None:
 
 
 def _joined(graph: Graph, names: tuple[str, ...]) -> Node:
-    """One constant over 1-D constants laid end to end (blocked int8 weights of whole 4-row blocks, their scales,
-    biases), without a second copy: the tensors themselves (the module's own, frozen) are moved into one storage,
+    """One constant over constants laid end to end along their first dimension (blocked weights of whole 4-row
+    blocks, their scales, zero points, biases), without a second copy: the tensors themselves (the module's own, frozen) are moved into one storage,
     each becoming a view of its part of it (``Tensor.set_``: every holder sees the same values at the new place).
     A later graph joining the same tensors in the same order finds them joined. Where a tensor cannot be moved (an
     inference tensor, a parameter that requires grad), the joined constant is a copy (logged)."""
     gm = graph.owning_module
     parts = [getattr(gm, n) for n in names]
-    total = sum(p.numel() for p in parts)
     first = parts[0]
+    shape = (sum(p.shape[0] for p in parts), *first.shape[1:])
     storage = first.untyped_storage()
     offsets = [first.storage_offset()]
     for p in parts[:-1]:
@@ -404,7 +416,9 @@ def _joined(graph: Graph, names: tuple[str, ...]) -> Node:
         p.untyped_storage().data_ptr() == storage.data_ptr() and p.storage_offset() == o and p.is_contiguous()
         for p, o in zip(parts, offsets, strict=True)
     ):
-        joined = first.new_empty(0).set_(storage, offsets[0], (total,), (1,))
+        joined = first.new_empty(0).set_(
+            storage, offsets[0], shape, torch.empty(shape, device="meta").stride()
+        )
     else:
         joined = torch.cat(parts)
         try:
@@ -412,9 +426,11 @@ def _joined(graph: Graph, names: tuple[str, ...]) -> Node:
             for p in parts:
                 p.set_(joined.untyped_storage(), offset, p.shape, p.stride())
                 offset += p.numel()
-            counters["inductor_quant"]["int8_constants_joined"] += len(parts)
+            counters["inductor_quant"]["constants_joined"] += len(parts)
         except RuntimeError as e:
-            counters["inductor_quant"]["int8_prepacked_bytes"] += total * joined.element_size()
+            counters["inductor_quant"]["prepacked_bytes_joined_by_copy"] += (
+                joined.numel() * joined.element_size()
+            )
             log.info("fused constants %s copied, not moved (%s): a second copy of them is held", names, e)
     name = f"{'_'.join(names)}_iq_joined"
     if not hasattr(gm, name):

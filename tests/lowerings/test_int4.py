@@ -21,15 +21,17 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
 class EveryGroup(nn.Module):
-    """One int4 linear per group size, on the same input: N = 65 (a partial block of rows), bias on two."""
+    """One int4 linear per group size, on the same input: N = 65 (a partial block of rows), bias on two. The weights
+    are held plain (``[N, K / 2]``: the row-major kernels, and the prepack pass for frozen graphs) unless ``layout``
+    says otherwise (``"auto"``: blocked, as ``quantize_`` holds CPU weights by default)."""
 
-    def __init__(self, k=512, n=65, dtype=torch.bfloat16, zero_point_dtype=torch.uint8):
+    def __init__(self, k=512, n=65, dtype=torch.bfloat16, zero_point_dtype=torch.uint8, layout="plain"):
         super().__init__()
         torch.manual_seed(0)
         self.linears = nn.ModuleList(
             iq.quantize_(
                 nn.Linear(k, n, bias=i % 2 == 0).to(dtype),
-                iq.Int4WeightOnlyConfig(group_size=g, zero_point_dtype=zero_point_dtype),
+                iq.Int4WeightOnlyConfig(group_size=g, zero_point_dtype=zero_point_dtype, layout=layout),
             )
             for i, g in enumerate(INT4_GROUP_SIZES)
         )
@@ -43,7 +45,13 @@ class EveryGroup(nn.Module):
             w = lin.weight
             outs.append(
                 int4_linear_reference(
-                    x, w.qdata, w.scale, w.zero_point, w.group_size, lin.bias, weight_dtype=weight_dtype
+                    x,
+                    w.plain_qdata(),
+                    w.scale,
+                    w.zero_point,
+                    w.group_size,
+                    lin.bias,
+                    weight_dtype=weight_dtype,
                 )
             )
         return torch.cat(outs, dim=-1)
@@ -101,6 +109,29 @@ def test_prefill_widens_chunks_and_keeps_int4(dtype):
     verify(out, model.reference(x, weight_dtype=dtype), precision=dtype)
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["frozen", "input"])
+def test_blocked_weights_take_the_packed_kernels_at_every_m(grad):
+    """quantize_'s default on the CPU (K % 128 == 0): the weights are held blocked, so no graph packs a copy; decode
+    takes the packed GEMV on the module's own bytes (frozen constants or graph inputs alike), prefill and a dynamic M
+    the widening GEMM on the same layout. Reference: fp32 math on the exact values (prefill: the weight rounded to
+    bf16, as the GEMM does)."""
+    model = EveryGroup(layout="auto")
+    assert {lin.weight.layout for lin in model.linears} == {"blocked"}
+    for m in (1, 40):
+        x = torch.randn(m, 512, dtype=torch.bfloat16)
+        out, code = compile_and_run(model, x, grad=grad)
+        verify(out, model.reference(x, weight_dtype=torch.float32 if m == 1 else torch.bfloat16))
+    assert counters["inductor_quant"]["int4_prepacked"] == 0
+    assert counters["inductor_quant"]["int4_kernel_int4_gemv_packed"] == 4
+    assert counters["inductor_quant"]["int4_kernel_dequant_mm_packed"] == 4
+    FileCheck().check("extern_kernels.inductor_quant_int4_packed_gemm").run(code)
+    compiled = torch.compile(model, backend="quant_inductor", dynamic=True)
+    for m in (7, 40):
+        x = torch.randn(m, 512, dtype=torch.bfloat16)
+        with torch.set_grad_enabled(grad):
+            verify(compiled(x), model.reference(x, weight_dtype=torch.bfloat16))
+
+
 class OddK(nn.Module):
     """int4 linears whose K is not a multiple of the GEMV's 128-value step: K = 320 at g32 and g64, and SmolLM2's
     K = 576 at g64 (its default-config group); N = 24 and 65."""
@@ -120,7 +151,12 @@ class OddK(nn.Module):
     def reference(self, x320, x576):
         return [
             int4_linear_reference(
-                x, lin.weight.qdata, lin.weight.scale, lin.weight.zero_point, lin.weight.group_size, lin.bias
+                x,
+                lin.weight.plain_qdata(),
+                lin.weight.scale,
+                lin.weight.zero_point,
+                lin.weight.group_size,
+                lin.bias,
             )
             for lin, x in zip(self.linears, (x320, x320, x576), strict=True)
         ]
@@ -166,7 +202,8 @@ def test_identical_layers_are_tuned_once():
     torch.manual_seed(0)
     layers = [
         iq.quantize_(
-            nn.Linear(256, 256, bias=False).to(torch.bfloat16), iq.Int4WeightOnlyConfig(group_size=64)
+            nn.Linear(256, 256, bias=False).to(torch.bfloat16),
+            iq.Int4WeightOnlyConfig(group_size=64, layout="plain"),
         )
         for _ in range(4)
     ]
@@ -185,7 +222,7 @@ def test_activation_after_gemv_is_fused_into_the_template():
     assert counters["inductor"]["cpp_epilogue_fusion_counter"] >= 1
     FileCheck().check("inductor_quant int4_gemv").check("fused epilogue nodes").check("exp").run(code)
     w = lin.weight
-    verify(out, F.silu(int4_linear_reference(x, w.qdata, w.scale, w.zero_point, 32, lin.bias)))
+    verify(out, F.silu(int4_linear_reference(x, w.plain_qdata(), w.scale, w.zero_point, 32, lin.bias)))
 
 
 class AtenInt4(nn.Module):
@@ -251,7 +288,7 @@ def test_fewer_rows_than_a_block(grad, monkeypatch):
     out, code = compile_and_run(lin, x, grad=grad)
     assert "inductor_quant int4_gemv: M=2 N=3 K=128" in code
     w = lin.weight
-    verify(out, int4_linear_reference(x, w.qdata, w.scale, w.zero_point, 128, lin.bias))
+    verify(out, int4_linear_reference(x, w.plain_qdata(), w.scale, w.zero_point, 128, lin.bias))
 
 
 def _aten_int4_call(group_size):

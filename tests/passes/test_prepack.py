@@ -61,13 +61,15 @@ def test_prefill_shapes_are_not_packed():
 
 
 class SharedInt4Weight(nn.Module):
-    """Two int4 linears reading the same weight; N = 42 is padded to 44 rows when packed."""
+    """Two int4 linears reading the same weight, held plain (the prepack pass packs it); N = 42 is padded to 44 rows
+    when packed."""
 
     def __init__(self, k=256, n=42):
         super().__init__()
         import inductor_quant as iq
 
-        self.lin = iq.quantize_(nn.Linear(k, n).to(torch.bfloat16), iq.Int4WeightOnlyConfig(group_size=32))
+        config = iq.Int4WeightOnlyConfig(group_size=32, layout="plain")
+        self.lin = iq.quantize_(nn.Linear(k, n).to(torch.bfloat16), config)
 
     def forward(self, x):
         return self.lin(x) + self.lin(x * 2)
@@ -187,35 +189,19 @@ def test_linears_reading_one_activation_run_as_one_gemv(scheme):
         out, code = compile_and_run(model, x)
     kind = scheme.split()[0]
     assert counters["inductor_quant"]["linears_fused"] == 2
-    if kind == "int8":
-        # quantize_ holds int8 weights in the blocked layout already: nothing is packed; q, k, v (weights, scales,
-        # biases) are moved into one storage each, which the module's tensors and the fused GEMV share
-        assert counters["inductor_quant"]["int8_prepacked"] == 0
-        assert counters["inductor_quant"]["int8_constants_joined"] == 3 * (3 if "bias" in scheme else 2)
-        assert (
-            len(
-                {
-                    model.q.weight.qdata.untyped_storage().data_ptr(),
-                    model.v.weight.qdata.untyped_storage().data_ptr(),
-                }
-            )
-            == 1
-        )
-        joined = [
-            b for name, b in constant_sizes(code).items() if name.endswith("_iq_joined") and b > 384 * 4
-        ]
-        assert joined == [(256 + 64 + 64) * 256]
-        assert constant_bytes(code)["int8"] == (256 + 64 + 64 + 256) * 256  # + o: every int8 byte, once
-        verify(out, expected)
-        return
-    assert counters["inductor_quant"][f"{kind}_prepacked"] == 2  # q | k | v, and o
-    # the packed copies are all the weight bytes the graph holds: q | k | v concatenated once, and o; no plain
-    # concatenation of the weights is left behind (int4: + the uint8 zero points, 4 groups per row)
+    # quantize_ holds the weights in the blocked layout already (K = 256): nothing is packed; q, k, v (weights,
+    # scales, int4's zero points, biases) are moved into one storage each, which the module and the fused GEMV share
+    assert counters["inductor_quant"][f"{kind}_prepacked"] == 0
+    fields = 3 if kind == "int4" else 2
+    assert counters["inductor_quant"]["constants_joined"] == 3 * (fields + ("bias" in scheme))
+    storages = {getattr(model, name).weight.qdata.untyped_storage().data_ptr() for name in "qkv"}
+    assert len(storages) == 1
     per_row = 256 if kind == "int8" else 256 // 2
-    packed = [b for name, b in constant_sizes(code).items() if name.endswith("_iq_packed")]
-    assert sorted(packed) == [256 * per_row, (256 + 64 + 64) * per_row]
+    joined = [b for name, b in constant_sizes(code).items() if name.endswith("_iq_joined")]
+    assert max(joined) == (256 + 64 + 64) * per_row
+    # every int8 / uint8 byte the graph holds is the module's, once: q | k | v joined, and o (int4: + zero points)
     held = constant_bytes(code)["int8" if kind == "int8" else "uint8"]
-    assert held == sum(packed) + (0 if kind == "int8" else (256 + 384) * 4)
+    assert held == (256 + 64 + 64 + 256) * per_row + (0 if kind == "int8" else (256 + 64 + 64 + 256) * 4)
     verify(out, expected)
 
 
@@ -239,20 +225,26 @@ def test_linears_of_different_schemes_are_not_fused():
 # --- one copy: a model's weights are packed once, whatever graphs read them ------------------------------------
 
 
-@pytest.mark.parametrize("scheme", ["int8", "int4"])
-def test_every_graph_of_a_model_shares_one_packed_copy(scheme):
+@pytest.mark.parametrize("scheme", ["int8", "int4", "int4 plain"])
+def test_every_graph_of_a_model_holds_each_weight_once(scheme):
     """HF generate() with a static cache, compiled with static shapes: each prompt length is a graph of its own
-    (M <= 16: prepacked), as are the one-token step and a second torch.compile of the model. The storages that hold
-    the model's weights, counted by data pointer over the module and every graph that holds one of them, are the
-    module's own plus one packed copy per weight (int4), or the module's own alone (int8: its weights are held in
-    the kernels' layout), after the first generate() and after all of them."""
+    (M <= 16: decode kernels), as are the one-token step and a second torch.compile of the model. The storages that
+    hold the model's weights, counted by data pointer over the module and every graph that holds one of them, after
+    the first generate() and after all of them: the module's own alone (its weights held in the kernels' blocked
+    layout, sibling linears' weights moved into one storage, not copied); with ``layout="plain"``, the module's own
+    plus one packed copy per weight, made once and shared by every graph."""
     import inductor_quant as iq
 
     pytest.importorskip("transformers")
     model = small_llama(torch.bfloat16)
-    iq.quantize_(
-        model, iq.Int8WeightOnlyConfig() if scheme == "int8" else iq.Int4WeightOnlyConfig(group_size=32)
+    kind, plain = scheme.split()[0], scheme.endswith("plain")
+    layout = "plain" if plain else "auto"
+    config = (
+        iq.Int8WeightOnlyConfig(layout=layout)
+        if kind == "int8"
+        else iq.Int4WeightOnlyConfig(group_size=32, layout=layout)
     )
+    iq.quantize_(model, config)
     forward = model.forward
 
     def generate(length):
@@ -262,20 +254,22 @@ def test_every_graph_of_a_model_shares_one_packed_copy(scheme):
 
     model.forward = torch.compile(forward, backend="quant_inductor", dynamic=False)
     generate(5)
-    packed = counters["inductor_quant"][f"{scheme}_prepacked_bytes"]
+    packed = counters["inductor_quant"][f"{kind}_prepacked_bytes"]
     first = iq.resident_weight_bytes(model)
     # (+ constants Inductor folds for each graph that are not weights, such as rope's 16 inverse frequencies)
     slack = 0.002 * iq.weight_bytes(model)
-    if scheme == "int8":
-        assert packed == 0 and counters["inductor_quant"]["int8_constants_joined"] > 0
-    else:
+    if plain:
         assert packed > 0
+    else:
+        assert (
+            packed == 0 and counters["inductor_quant"]["constants_joined"] > 0
+        )  # held blocked: nothing packed
     assert first <= iq.weight_bytes(model) + packed + slack
     generate(9)
     model.forward = torch.compile(forward, backend="quant_inductor", dynamic=False)  # a second compile
     generate(5)
     assert counters["stats"]["unique_graphs"] == 5  # prompts of 5, 9 and again 5 tokens, two step graphs
-    assert counters["inductor_quant"][f"{scheme}_prepacked_bytes"] == packed  # nothing packed twice
+    assert counters["inductor_quant"][f"{kind}_prepacked_bytes"] == packed  # nothing packed twice
     assert counters["inductor_quant"]["prepack_reused_bytes"] >= 4 * packed
     assert iq.resident_weight_bytes(model) <= first + slack
 
@@ -304,7 +298,7 @@ def test_a_compiled_model_still_saves_runs_and_compiles_as_before(scheme, tmp_pa
     with torch.no_grad():
         eager = model(ids).logits
         first = torch.compile(model, backend="quant_inductor")(ids).logits
-        done = "int8_constants_joined" if scheme == "int8" else f"{scheme}_prepacked"
+        done = "constants_joined"
         assert counters["inductor_quant"][done] > 0
         verify(first, eager)
 

@@ -115,7 +115,7 @@ def test_int4_template_with_bias_and_silu_fused(group_size, dtype, monkeypatch):
     torch.manual_seed(0)
     k = 2 * max(group_size, 128)
     model = nn.Sequential(nn.Linear(k, 40), nn.SiLU()).to(dtype)
-    iq.quantize_(model, iq.Int4WeightOnlyConfig(group_size=group_size))
+    iq.quantize_(model, iq.Int4WeightOnlyConfig(group_size=group_size, layout="plain"))
     x = torch.randn(3, k, generator=torch.Generator().manual_seed(2)).to(dtype)
     out, code = compile_and_run(model, x)
 
@@ -216,7 +216,7 @@ def test_templates_read_views_made_in_the_graph(scheme, monkeypatch):
     config = (
         iq.Int8WeightOnlyConfig(layout="plain")
         if scheme == "int8"
-        else iq.Int4WeightOnlyConfig(group_size=32)
+        else iq.Int4WeightOnlyConfig(group_size=32, layout="plain")
     )
     iq.quantize_(lin, config)
     bases = [
