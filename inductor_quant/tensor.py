@@ -104,7 +104,7 @@ class QuantizedWeightTensor(torch.Tensor):
 
     def canonical(self) -> QuantizedWeightTensor:
         """This weight with its inner tensors in the scheme's documented, device-neutral form (what is saved,
-        sharded and merged into): itself, unless a kernel layout holds it (``Int8WeightTensor(layout="blocked")``)."""
+        sharded and moved): itself, unless a kernel layout holds it (``BlockedLayoutWeight``, ``layout="blocked"``)."""
         return self
 
     def with_kernel_layout(self) -> QuantizedWeightTensor:
@@ -176,6 +176,11 @@ class BlockedLayoutWeight(QuantizedWeightTensor):
     _pack: ClassVar[Callable]  # plain qdata -> blocked
     _unpack: ClassVar[Callable]  # (blocked, N, K) -> plain qdata
 
+    @staticmethod
+    def _check_layout(layout: str) -> None:
+        if layout not in WEIGHT_LAYOUTS:
+            raise ValueError(f"layout must be one of {WEIGHT_LAYOUTS}, got {layout!r}")
+
     def _shape_nk(self) -> tuple[int, int]:
         return tuple(self.shape[::-1] if self.transposed else self.shape)
 
@@ -188,8 +193,7 @@ class BlockedLayoutWeight(QuantizedWeightTensor):
 
     def with_layout(self, layout: str) -> BlockedLayoutWeight:
         """This weight with ``qdata`` in ``layout`` (itself if it is already)."""
-        if layout not in WEIGHT_LAYOUTS:
-            raise ValueError(f"layout must be one of {WEIGHT_LAYOUTS}, got {layout!r}")
+        self._check_layout(layout)
         if layout == self.layout:
             return self
         qdata = type(self)._pack(self.qdata) if layout == "blocked" else self.plain_qdata()
@@ -253,6 +257,7 @@ class Int8WeightTensor(BlockedLayoutWeight):
 
     @staticmethod
     def __new__(cls, qdata, scale, *, dtype, transposed=False, layout="plain"):
+        cls._check_layout(layout)
         n = scale.shape[0]
         shape = (n, qdata.numel() // int8_blocked_numel(n, 1)) if layout == "blocked" else tuple(qdata.shape)
         return torch.Tensor._make_wrapper_subclass(
@@ -296,6 +301,7 @@ class Int4WeightTensor(BlockedLayoutWeight):
 
     @staticmethod
     def __new__(cls, qdata, scale, zero_point, *, dtype, transposed=False, group_size, layout="plain"):
+        cls._check_layout(layout)
         if layout == "blocked":
             n, k = scale.shape[0], scale.shape[1] * group_size
         else:

@@ -1,5 +1,6 @@
-"""Codegen snapshots of the int4 GEMV template: the kernel Inductor emits for a frozen (prepacked) and an unfrozen
-(plain nibbles) decode linear. Normalized to the semantic lines (signature, shapes, strides, element kinds,
+"""Codegen snapshots of the int4 GEMV template: the kernel Inductor emits for a frozen decode linear whose weight is
+held blocked (quantize_'s default: the module's own constant, nothing packed) and an unfrozen one held plain
+(``layout="plain"``: the row-major nibbles). Normalized to the semantic lines (signature, shapes, strides, element kinds,
 path, epilogue, call site). Regenerate with EXPECTTEST_ACCEPT=1 after an intended change."""
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ _KEEP = re.compile(
 )
 
 
-def _decode(dtype):
+def _decode(dtype, layout="auto"):
     torch.manual_seed(0)
-    return iq.quantize_(nn.Linear(256, 8).to(dtype), iq.Int4WeightOnlyConfig(group_size=64))
+    return iq.quantize_(nn.Linear(256, 8).to(dtype), iq.Int4WeightOnlyConfig(group_size=64, layout=layout))
 
 
 _KEEP_A8 = re.compile(
@@ -43,7 +44,7 @@ def _snapshot(code: str, header: str = "// inductor_quant int4_gemv", keep: re.P
 
 
 class TestInt4GemvSnapshot(expecttest.TestCase):
-    def test_frozen_bf16_prepacked(self):
+    def test_frozen_bf16_blocked(self):
         _, code = compile_and_run(_decode(torch.bfloat16), torch.randn(2, 256, dtype=torch.bfloat16))
         self.assertExpectedInline(
             _snapshot(code),
@@ -70,14 +71,14 @@ Y[mm * N + n0 + r] = static_cast<at::BFloat16>(out);
 bufN = empty_strided_cpu((8, ), (1, ), torch.bfloat16)
 KERNEL(bufN)
 bufN = empty_strided_cpu((2, 8), (8, 1), torch.bfloat16)
-KERNEL(argN, _frozen_paramN_iq_packed, _frozen_paramN, _frozen_paramN, bufN, bufN)""",
+KERNEL(argN, _frozen_paramN, _frozen_paramN, _frozen_paramN, bufN, bufN)""",
         )
 
     def test_unfrozen_fp16_plain(self):
         os.environ[INT4_KERNEL_ENV] = "int4_gemv"
         try:
             _, code = compile_and_run(
-                _decode(torch.float16), torch.randn(5, 256, dtype=torch.float16), grad=True
+                _decode(torch.float16, "plain"), torch.randn(5, 256, dtype=torch.float16), grad=True
             )
         finally:
             del os.environ[INT4_KERNEL_ENV]
