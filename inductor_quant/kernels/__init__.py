@@ -96,7 +96,7 @@ def _widening_gemm_lib():
     # every entry point: (compute, x, <weight args>, bias, y, M, N, K, out_kind, num_threads) -> 1 if it computed y
     signatures = {
         "inductor_quant_int8_gemm": ([_I64] + [_PTR] * 2 + [_I64] + [_PTR] * 3 + [_I64] * 5, _I64),
-        "inductor_quant_int8_gemv_blocked": ([_PTR] * 5 + [_I64] * 5, _I64),
+        "inductor_quant_int8_gemv_blocked": ([_I64] + [_PTR] * 5 + [_I64] * 5, _I64),
         "inductor_quant_int4_gemm": (
             [_I64] + [_PTR] * 2 + [_I64] + [_PTR] * 2 + [_I64] + [_PTR] * 2 + [_I64] * 5,
             _I64,
@@ -170,36 +170,13 @@ def int8_gemv_blocked(
 ) -> torch.Tensor | None:
     """``(x @ W.T) * scale (+ bias)`` for bf16 ``x [M, K]`` with M <= ``INT8_GEMV_MAX_M`` and ``W`` in the blocked
     layout (``packed``), the eager decode kernel of ``widening_gemm.cpp``; ``None`` where it does not apply."""
-    m, k = x.shape
-    if (
-        x.device.type != "cpu"
-        or x.dtype != torch.bfloat16
-        or m > INT8_GEMV_MAX_M
-        or k % 32
-        or out_dtype not in _OUT_KIND
-    ):
+    if x.dtype != torch.bfloat16 or x.shape[0] > INT8_GEMV_MAX_M:
         return None
-    lib = _widening_gemm_lib()
-    if lib is None:
-        return None
-    xk = x.contiguous()
+    q = packed.contiguous()
     s = scale.to(torch.float32).contiguous()
-    b = bias.to(torch.float32).contiguous() if bias is not None else None
-    n = s.shape[0]
-    out = torch.empty(m, n, dtype=out_dtype)
-    done = lib.inductor_quant_int8_gemv_blocked(
-        xk.data_ptr(),
-        packed.data_ptr(),
-        s.data_ptr(),
-        b.data_ptr() if b is not None else None,
-        out.data_ptr(),
-        m,
-        n,
-        k,
-        _OUT_KIND[out_dtype],
-        torch.get_num_threads(),
+    return _widening_gemm(
+        "inductor_quant_int8_gemv_blocked", x, s.shape[0], (q.data_ptr(), s.data_ptr()), bias, out_dtype
     )
-    return out if done else None
 
 
 def int4_gemm(

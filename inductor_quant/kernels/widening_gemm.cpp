@@ -325,11 +325,11 @@ extern "C" int64_t inductor_quant_int8_gemm(int64_t compute, const void* x, cons
     return widening_gemm(compute, Int8Weight{q, K, N, blocked != 0}, x, s, b, y, M, N, K, out_kind, num_threads);
 }
 
-// Y = (X @ W^T) * s (+ b) for bf16 X [M, K], M <= 8, W blocked; out_kind as above
-extern "C" int64_t inductor_quant_int8_gemv_blocked(const void* x, const int8_t* q, const float* s, const float* b,
-                                                    void* y, int64_t M, int64_t N, int64_t K, int64_t out_kind,
-                                                    int64_t num_threads) {
-    if (K % 32 != 0 || M > 8) return 0;
+// Y = (X @ W^T) * s (+ b) for bf16 X [M, K] (compute 0), M <= 8, W blocked; out_kind as above
+extern "C" int64_t inductor_quant_int8_gemv_blocked(int64_t compute, const void* x, const int8_t* q, const float* s,
+                                                    const float* b, void* y, int64_t M, int64_t N, int64_t K,
+                                                    int64_t out_kind, int64_t num_threads) {
+    if (compute != BF16 || K % 32 != 0 || M > 8) return 0;
     const uint16_t* xk = static_cast<const uint16_t*>(x);
     const int64_t blocks = (N + 3) / 4;
 #pragma omp parallel for num_threads(num_threads) schedule(static)
@@ -375,8 +375,8 @@ extern "C" int64_t inductor_quant_int8_gemm(int64_t, const void*, const int8_t*,
     return 0;
 }
 
-extern "C" int64_t inductor_quant_int8_gemv_blocked(const void*, const int8_t*, const float*, const float*, void*,
-                                                    int64_t, int64_t, int64_t, int64_t, int64_t) {
+extern "C" int64_t inductor_quant_int8_gemv_blocked(int64_t, const void*, const int8_t*, const float*, const float*,
+                                                    void*, int64_t, int64_t, int64_t, int64_t, int64_t) {
     return 0;
 }
 
