@@ -121,7 +121,10 @@ def int4_weight_linear_packed_lowering(
     key = (m, out_features, k, *(t.get_dtype() for t in inputs), group_size, zero_is_offset, out_dtype)
     # (any K: a packed constant's K is zero-padded to the template's step, the groups of its scales tell it)
     decode = is_static_decode(inputs[0], MAX_M) and cpp_templates_apply(inputs[0].get_device())
-    if forced_int4_kernel() != "dequant_mm" and decode:
+    forced = forced_int4_kernel()
+    if forced not in (None, "dequant_mm", "int4_gemv" if decode else None):
+        log.info("%s=%s is not offered for a blocked int4 weight at M=%s", INT4_KERNEL_ENV, forced, m)
+    if forced != "dequant_mm" and decode:
         name, choice = (
             "int4_gemv_packed",
             CppInt4GemvTemplate.choice(

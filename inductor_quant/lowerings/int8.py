@@ -20,6 +20,8 @@ GPU (wherever Inductor takes Triton templates), any M: ``aten``, ``dequant_mm`` 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from .._compat import inductor_internals
@@ -33,6 +35,7 @@ from .common import gemv_applies, is_static_decode, kernel_inputs, select
 
 _I = inductor_internals()
 L = _I.lowering
+log = logging.getLogger(__name__)
 
 
 def _aten_int8_linear(x, qweight, scale, bias=None, *, out_dtype=None):
@@ -133,6 +136,14 @@ def int8_weight_linear_packed_lowering(
         )
     forced = forced_int8_kernel()
     name = forced if forced in offered else "int8_gemv" if decode else "dequant_mm"
+    if forced is not None and forced != name:
+        log.info(
+            "%s=%s is not offered for a blocked int8 weight at M=%s; using %s",
+            INT8_KERNEL_ENV,
+            forced,
+            m,
+            name,
+        )
     return select(
         "inductor_quant_int8_weight_linear_packed",
         {f"{name}_packed": offered[name]()},
