@@ -15,6 +15,7 @@ import argparse
 import copy
 
 import torch
+from bench_int8 import Stack
 from torch import nn
 
 import inductor_quant as iq
@@ -24,15 +25,6 @@ CONFIGS = {
     "int8": lambda layout: iq.Int8WeightOnlyConfig(layout=layout),
     "int4 g32": lambda layout: iq.Int4WeightOnlyConfig(group_size=32, layout=layout),
 }
-
-
-class Stack(nn.Module):
-    def __init__(self, layers):
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-
-    def forward(self, x):
-        return [layer(x) for layer in self.layers]
 
 
 def main() -> None:
