@@ -170,7 +170,8 @@ def test_ternary_template_for_bitlinear_with_relu_fused(m, dtype, weight_granula
     )
     assert code.count("async_compile.triton(") == 2  # activation quantization, then the template
     (chosen,) = _chosen("ternary")
-    assert chosen.startswith("triton_16x" if m <= 16 else "triton_64x")
+    # a decode config (16-row tiles) for a small static M, one of the prefill configs (timed: any may win) otherwise
+    assert chosen.startswith("triton_16x") == (m <= 16)
 
 
 @pytest.mark.parametrize(("weight_bits", "block_size"), [(8, -1), (4, 32), (4, -1)])
