@@ -38,6 +38,17 @@ def torch_supported() -> bool:
     return ok
 
 
+def amx_ready() -> bool:
+    """This CPU has AMX tiles with bf16 and the kernel granted this process their state (Linux asks each process
+    to request it). ``torch.cpu._is_amx_tile_supported`` / ``_init_amx`` are private: torch's own oneDNN and CPP
+    GEMM template make the same request."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() and torch.cpu._init_amx())
+    except (AttributeError, RuntimeError) as e:
+        log.info("AMX not usable here (%s)", e)
+        return False
+
+
 # --- Inductor internals ------------------------------------------------------------------------------
 # Imported lazily (inside functions) by the modules that need them, so `import inductor_quant` stays cheap
 # and never touches Inductor state. Each name below is private API used for one stated reason.

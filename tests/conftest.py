@@ -74,6 +74,19 @@ def _fresh_compile_state():
     torch._dynamo.reset()
 
 
+@pytest.fixture(params=["avx512", "amx"])
+def cpu_isa(request, monkeypatch):
+    """Run a test once per matrix ISA of the CPU kernels (``INDUCTOR_QUANT_CPU_ISA``): the AVX512 path is forced on
+    an AMX machine too; the AMX run skips where the CPU has no AMX tiles."""
+    from inductor_quant.kernels import amx_available
+    from inductor_quant.settings import CPU_ISA_ENV
+
+    if request.param == "amx" and not amx_available():
+        pytest.skip("this CPU has no AMX tiles (or the kernel refused them)")
+    monkeypatch.setenv(CPU_ISA_ENV, request.param)
+    return request.param
+
+
 @pytest.fixture
 def graph_caches():
     """For tests of the FX-graph cache itself: a cache directory of their own with the graph caches on."""

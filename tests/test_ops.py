@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import inductor_quant  # noqa: F401
+from inductor_quant.kernels import AMX_MIN_M
 from inductor_quant.primitives import int8_linear_reference, pack_int8_blocked
 
 op = torch.ops.inductor_quant.int8_weight_linear
@@ -50,7 +51,7 @@ NATIVE_CASES = [
     [(33, 64, 32), (40, 130, 1056), (301, 65, 2080)],  # row / column tails; K past one slice
 )
 @pytest.mark.parametrize("dtype, out_dtype", NATIVE_CASES)
-def test_int8_native_gemm_matches_reference(m, n, k, dtype, out_dtype):
+def test_int8_native_gemm_matches_reference(m, n, k, dtype, out_dtype, cpu_isa):
     """int8: exact products, fp32 sums, the scale and bias in fp32, one rounding; an fp32 result is held to fp32's
     tolerance, not bf16's."""
     from conftest import verify
@@ -68,7 +69,7 @@ def test_int8_native_gemm_matches_reference(m, n, k, dtype, out_dtype):
 
 @pytest.mark.parametrize("blocks", [1, 4, 33])  # blocks of K, 256 (1024 / 4) and 32 (1056 / 33)
 @pytest.mark.parametrize("dtype, out_dtype", NATIVE_CASES)
-def test_int8_blockwise_native_gemm_matches_reference(blocks, dtype, out_dtype):
+def test_int8_blockwise_native_gemm_matches_reference(blocks, dtype, out_dtype, cpu_isa):
     """Blockwise int8: W = q * s per block in fp32, rounded once to the activation dtype (as the eager chunked path
     does), fp32 sums. The reference builds that weight and multiplies in fp32."""
     from conftest import verify
@@ -89,6 +90,31 @@ def test_int8_blockwise_native_gemm_matches_reference(blocks, dtype, out_dtype):
         verify(op_out, expected.to(out_dtype))
     blocks_of_16 = torch.rand(130, k // 16)
     assert int8_block_gemm(x, q, blocks_of_16, b, out_dtype) is None
+
+
+@pytest.mark.parametrize(
+    ("dtype", "m", "amx"),
+    [(torch.bfloat16, AMX_MIN_M, True), (torch.bfloat16, AMX_MIN_M - 1, False), (torch.float32, 64, False)],
+)
+def test_the_native_gemm_multiplies_on_amx_tiles_where_asked(dtype, m, amx, cpu_isa):
+    """bf16 activations of at least ``AMX_MIN_M`` rows take AMX tiles where the CPU has them and
+    ``INDUCTOR_QUANT_CPU_ISA`` allows it; fewer rows, other dtypes and ``avx512`` take AVX512 (the compute the
+    kernel is given decides; its numbers are the matching-reference tests' above, per ISA)."""
+    from inductor_quant.kernels import _compute
+
+    assert (_compute(torch.zeros(m, 64, dtype=dtype)) == 3) == (amx and cpu_isa == "amx")
+
+
+def test_cpu_isa_setting_names_a_bad_value_and_never_selects_what_the_cpu_lacks(monkeypatch):
+    import inductor_quant.kernels as kernels
+    from inductor_quant.settings import CPU_ISA_ENV, cpu_matrix_isa
+
+    monkeypatch.setenv(CPU_ISA_ENV, "sse2")
+    with pytest.raises(ValueError, match="INDUCTOR_QUANT_CPU_ISA='sse2'"):
+        cpu_matrix_isa()
+    monkeypatch.setenv(CPU_ISA_ENV, "amx")
+    monkeypatch.setattr(kernels, "amx_available", lambda: False)  # a CPU without AMX
+    assert cpu_matrix_isa() == "avx512"
 
 
 def test_int8_native_gemm_declines_what_it_does_not_serve():
@@ -202,7 +228,7 @@ def test_int4_eager_op_matches_reference(dtype, out_dtype, g):
 
 @pytest.mark.parametrize("g", [32, 128, 256])
 @pytest.mark.parametrize("dtype, out_dtype", NATIVE_CASES)
-def test_int4_native_gemm_matches_reference(g, dtype, out_dtype):
+def test_int4_native_gemm_matches_reference(g, dtype, out_dtype, cpu_isa):
     """The int4 prefill GEMM (kernels/widening_gemm.cpp): the weight rounded to the activation dtype as the eager
     dequantize does, fp32 sums, one rounding; rows 301 (a partial row block), N = 130 (a partial panel), K = 1280
     (past one slice)."""

@@ -106,8 +106,33 @@ def _widening_gemm_lib():
     return _build("widening_gemm.cpp", "widening GEMM kernels", signatures, needs_vec_isa=True)
 
 
-# how the native GEMM computes for each activation dtype (widening_gemm.cpp's Compute)
+# how the native GEMM computes for each activation dtype (widening_gemm.cpp's Compute); bf16 on AMX tiles is 3
 _COMPUTE = {torch.bfloat16: 0, torch.float32: 1, torch.float16: 2}
+_BF16_AMX = 3
+# rows of bf16 activations from which the GEMM runs on AMX tiles where the CPU has them (below: AVX512-BF16)
+AMX_MIN_M = 8
+
+
+@functools.cache
+def amx_available() -> bool:
+    """This CPU has AMX tiles with bf16, and the kernel let this process use them (``torch.cpu._init_amx``)."""
+    from .. import _compat
+
+    return _compat.amx_ready()
+
+
+def gemm_isa(dtype: torch.dtype, m: int) -> str:
+    """What the widening GEMM multiplies ``m`` rows of ``dtype`` activations with: ``amx`` (bf16, at least
+    ``AMX_MIN_M`` rows, a CPU with AMX tiles, allowed by ``settings.cpu_matrix_isa``), else ``avx512``."""
+    from ..settings import cpu_matrix_isa
+
+    if dtype == torch.bfloat16 and m >= AMX_MIN_M and cpu_matrix_isa() == "amx":
+        return "amx"
+    return "avx512"
+
+
+def _compute(x: torch.Tensor) -> int:
+    return _BF16_AMX if gemm_isa(x.dtype, x.shape[0]) == "amx" else _COMPUTE[x.dtype]
 
 
 def _widening_gemm(entry: str, x: torch.Tensor, n: int, weight_args, bias, out_dtype) -> torch.Tensor | None:
@@ -124,7 +149,7 @@ def _widening_gemm(entry: str, x: torch.Tensor, n: int, weight_args, bias, out_d
     b = bias.to(torch.float32).contiguous() if bias is not None else None
     out = torch.empty(m, n, dtype=out_dtype)
     done = getattr(lib, entry)(
-        _COMPUTE[x.dtype],
+        _compute(x),
         xk.data_ptr(),
         *weight_args,
         b.data_ptr() if b is not None else None,

@@ -28,11 +28,12 @@ constexpr int64_t MR = 6;   // rows of X per micro-kernel call
 // A packed slice is 128 KiB (it stays in L2; 6 rows of X's slice, 12 KiB, in L1): 1024 k of bf16 pairs, 512 of fp32.
 constexpr int64_t SLICE_BYTES = 128 << 10;
 
-enum Compute { BF16 = 0, F32 = 1, F32_VIA_F16 = 2 };  // F32_VIA_F16: fp16 X given as fp32, W rounded to fp16
+// F32_VIA_F16: fp16 X given as fp32, W rounded to fp16; BF16_AMX: BF16's numbers on AMX tiles
+enum Compute { BF16 = 0, F32 = 1, F32_VIA_F16 = 2, BF16_AMX = 3 };
 
 template <int C>
 constexpr int64_t slice_depth() {
-    return SLICE_BYTES / (NP * 4) * (C == BF16 ? 2 : 1);
+    return SLICE_BYTES / (NP * 4) * (C == BF16 || C == BF16_AMX ? 2 : 1);
 }
 
 // r[i] holds 16 dwords of row i; afterwards r[j] holds dword j of every row (a 16 x 16 transpose)
@@ -241,6 +242,108 @@ void store_panel(const float* c, int64_t M, int64_t N, int64_t n0, int64_t cols,
     }
 }
 
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#define INDUCTOR_QUANT_AMX 1
+// AMX: 32 rows of X at a time (two 16-row tiles) against 32 packed columns (two tiles of 16 columns x 16 bf16
+// pairs, the layout pack_slice<BF16> already writes: 64-byte rows of a tile = 16 columns of one pair), four 16 x 16
+// fp32 accumulator tiles. Tiles 0-3 accumulate, 4-5 hold X, 6-7 the weight.
+constexpr int64_t AMX_MR = 32;
+
+struct TileConfig {
+    uint8_t palette = 1;
+    uint8_t start_row = 0;
+    uint8_t reserved[14] = {};
+    uint16_t colsb[16] = {};
+    uint8_t rows[16] = {};
+};
+
+inline void configure_tiles() {
+    TileConfig cfg;
+    for (int t = 0; t < 8; ++t) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+// c[0 .. 32)[0 .. 64) (+)= X[32 rows, slice] . packed columns; X's rows ldx bf16 apart
+inline void amx_block(const uint16_t* x, int64_t ldx, const uint32_t* bp, int64_t depth, float* c, bool first) {
+    constexpr int64_t c_stride = NP * 4, b_stride = NP * 4;
+    const int64_t x_stride = ldx * 2;
+    for (int64_t cb = 0; cb < NP; cb += 32) {
+        float* c0 = c + cb;
+        float* c1 = c + 16 * NP + cb;
+        if (first) {
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+        } else {
+            _tile_loadd(0, c0, c_stride);
+            _tile_loadd(1, c0 + 16, c_stride);
+            _tile_loadd(2, c1, c_stride);
+            _tile_loadd(3, c1 + 16, c_stride);
+        }
+        for (int64_t k = 0; k < depth; k += 32) {
+            const uint32_t* b = bp + (k / 2) * NP + cb;
+            _tile_loadd(4, x + k, x_stride);
+            _tile_loadd(5, x + 16 * ldx + k, x_stride);
+            _tile_loadd(6, b, b_stride);
+            _tile_loadd(7, b + 16, b_stride);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, c0, c_stride);
+        _tile_stored(1, c0 + 16, c_stride);
+        _tile_stored(2, c1, c_stride);
+        _tile_stored(3, c1 + 16, c_stride);
+    }
+}
+
+template <typename Weight>
+void widening_gemm_amx(const Weight& w, const void* x, const float* s, const float* b, void* y, int64_t M, int64_t N,
+                       int64_t K, int64_t out_kind, int64_t num_threads) {
+    constexpr int64_t KC = slice_depth<BF16>();
+    const int64_t panels = (N + NP - 1) / NP;
+    const int64_t rows = (M + AMX_MR - 1) / AMX_MR * AMX_MR;
+    const uint16_t* xh = static_cast<const uint16_t*>(x);
+#pragma omp parallel num_threads(num_threads)
+    {
+        configure_tiles();
+        uint32_t* bp = static_cast<uint32_t*>(std::aligned_alloc(64, SLICE_BYTES));
+        float* c = static_cast<float*>(std::aligned_alloc(64, rows * NP * sizeof(float)));
+        // the last rows of X, zero-padded to a whole 32-row block (a tile always reads 16 rows)
+        uint16_t* tail = static_cast<uint16_t*>(std::aligned_alloc(64, AMX_MR * KC * sizeof(uint16_t)));
+#pragma omp for schedule(static)
+        for (int64_t pn = 0; pn < panels; ++pn) {
+            const int64_t n0 = pn * NP;
+            for (int64_t k0 = 0; k0 < K; k0 += KC) {
+                const int64_t kc = std::min(KC, K - k0);
+                pack_slice<BF16>(w, n0, k0, kc, bp);
+                for (int64_t m = 0; m < M; m += AMX_MR) {
+                    const int64_t live = std::min(AMX_MR, M - m);
+                    if (live == AMX_MR) {
+                        amx_block(xh + m * K + k0, K, bp, kc, c + m * NP, k0 == 0);
+                    } else {
+                        std::memset(tail, 0, AMX_MR * kc * sizeof(uint16_t));
+                        for (int64_t r = 0; r < live; ++r)
+                            std::memcpy(tail + r * kc, xh + (m + r) * K + k0, kc * sizeof(uint16_t));
+                        amx_block(tail, kc, bp, kc, c + m * NP, k0 == 0);
+                    }
+                }
+            }
+            store_panel(c, M, N, n0, std::min(NP, N - n0), s, b, y, out_kind);
+        }
+        std::free(tail);
+        std::free(bp);
+        std::free(c);
+        _tile_release();
+    }
+}
+#endif
+
 template <int C, typename Weight>
 void widening_gemm_as(const Weight& w, const void* x, const float* s, const float* b, void* y, int64_t M, int64_t N,
                       int64_t K, int64_t out_kind, int64_t num_threads) {
@@ -277,6 +380,11 @@ int64_t widening_gemm(int64_t compute, const Weight& w, const void* x, const flo
         case BF16: widening_gemm_as<BF16>(w, x, s, b, y, M, N, K, out_kind, num_threads); return 1;
         case F32: widening_gemm_as<F32>(w, x, s, b, y, M, N, K, out_kind, num_threads); return 1;
         case F32_VIA_F16: widening_gemm_as<F32_VIA_F16>(w, x, s, b, y, M, N, K, out_kind, num_threads); return 1;
+#ifdef INDUCTOR_QUANT_AMX
+        case BF16_AMX: widening_gemm_amx(w, x, s, b, y, M, N, K, out_kind, num_threads); return 1;
+#else
+        case BF16_AMX: widening_gemm_as<BF16>(w, x, s, b, y, M, N, K, out_kind, num_threads); return 1;  // no AMX build
+#endif
         default: return 0;
     }
 }
@@ -316,7 +424,8 @@ void gemv_rows(int64_t mt, const int8_t* w, int64_t K, const uint16_t* x, float*
 }
 }  // namespace
 
-// compute: 0 = bf16 X, 1 = fp32 X, 2 = fp16 X widened to fp32 by the caller (W rounded to fp16)
+// compute: 0 = bf16 X, 1 = fp32 X, 2 = fp16 X widened to fp32 by the caller (W rounded to fp16), 3 = bf16 X on AMX
+// tiles (compute 0 where this build has no AMX; the caller must have asked the kernel for tile data permission)
 // blocked: q is in the blocked decode layout (else row-major [N, K])
 extern "C" int64_t inductor_quant_int8_gemm(int64_t compute, const void* x, const int8_t* q, int64_t blocked,
                                             const float* s, const float* b, void* y, int64_t M, int64_t N, int64_t K,

@@ -66,6 +66,22 @@ def select(
     return out
 
 
+def note_cpu_gemm(scheme: str, x) -> None:
+    """Log and count (``<scheme>_gemm_amx`` / ``_avx512``) what the widening GEMM of a CPU prefill multiplies
+    activations ``x`` with; it decides per call from the CPU's features (``kernels.gemm_isa``), so a dynamic M is
+    noted as the ISA of a large M, with the rows from which AMX applies."""
+    from ..kernels import AMX_MIN_M, gemm_isa
+
+    if x.get_device().type != "cpu":
+        return
+    m = x.get_size()[0]
+    static = isinstance(m, int) or m.is_number
+    isa = gemm_isa(x.get_dtype(), int(m) if static else AMX_MIN_M)
+    counters["inductor_quant"][f"{scheme}_gemm_{isa}"] += 1
+    rows = f"M={m}" if static else f"M={m} (AMX from M >= {AMX_MIN_M})"
+    log.info("%s prefill GEMM, %s %s activations: multiplies on %s", scheme, rows, x.get_dtype(), isa)
+
+
 _timing_log_installed = False
 
 

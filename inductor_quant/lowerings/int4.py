@@ -35,7 +35,7 @@ from ..templates.cpp.int4_a8_gemv import CppInt4A8GemvTemplate
 from ..templates.cpp.int4_gemv import K_STEP, MAX_M, CppInt4GemvTemplate, CppInt4RowMajorA8Template
 from ..templates.triton.common import triton_applies
 from ..templates.triton.int4_mm import add_int4_mm_choices
-from .common import gemv_applies, is_static_decode, kernel_inputs, select
+from .common import gemv_applies, is_static_decode, kernel_inputs, note_cpu_gemm, select
 
 _I = inductor_internals()
 L = _I.lowering
@@ -138,6 +138,7 @@ def int4_weight_linear_packed_lowering(
             ),
         )
     else:
+        note_cpu_gemm("int4", inputs[0])
         name, choice = (
             "dequant_mm_packed",
             packed_gemm_choice.bind(

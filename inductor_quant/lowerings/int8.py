@@ -31,7 +31,7 @@ from ..settings import INT8_KERNEL_ENV, forced_int8_kernel
 from ..templates.cpp.int8_gemv import K_STEP, MAX_M, CppInt8GemvTemplate
 from ..templates.triton.common import triton_applies
 from ..templates.triton.int8_mm import add_int8_mm_choices
-from .common import gemv_applies, is_static_decode, kernel_inputs, select
+from .common import gemv_applies, is_static_decode, kernel_inputs, note_cpu_gemm, select
 
 _I = inductor_internals()
 L = _I.lowering
@@ -72,6 +72,7 @@ def int8_weight_linear_lowering(x, qweight, scale, bias=None, out_dtype=None, *,
         }
         add_int8_mm_choices(choices, mat1, mat2, scale, bias, layout)
     elif forced == "dequant_mm" or (forced is None and not is_static_decode(mat1, MAX_M)):
+        note_cpu_gemm("int8", mat1)
         choices = {"dequant_mm": dequant_mm_choice.bind(inputs, layout, out_dtype=out_dtype)}
     else:
         choices = {"aten": aten_choice.bind(inputs, layout, out_dtype=out_dtype)}
@@ -144,6 +145,8 @@ def int8_weight_linear_packed_lowering(
             m,
             name,
         )
+    if name == "dequant_mm":
+        note_cpu_gemm("int8", x)
     return select(
         "inductor_quant_int8_weight_linear_packed",
         {f"{name}_packed": offered[name]()},

@@ -110,11 +110,11 @@ def test_prefill_widens_chunks_and_keeps_int4(dtype):
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["frozen", "input"])
-def test_blocked_weights_take_the_packed_kernels_at_every_m(grad):
+def test_blocked_weights_take_the_packed_kernels_at_every_m(grad, cpu_isa):
     """quantize_'s default on the CPU (K % 128 == 0): the weights are held blocked, so no graph packs a copy; decode
     takes the packed GEMV on the module's own bytes (frozen constants or graph inputs alike), prefill and a dynamic M
     the widening GEMM on the same layout. Reference: fp32 math on the exact values (prefill: the weight rounded to
-    bf16, as the GEMM does)."""
+    bf16, as the GEMM does), per matrix ISA of the CPU (AMX tiles for the bf16 prefill where the CPU has them)."""
     model = EveryGroup(layout="auto")
     assert {lin.weight.layout for lin in model.linears} == {"blocked"}
     for m in (1, 40):
@@ -124,6 +124,7 @@ def test_blocked_weights_take_the_packed_kernels_at_every_m(grad):
     assert counters["inductor_quant"]["int4_prepacked"] == 0
     assert counters["inductor_quant"]["int4_kernel_int4_gemv_packed"] == 4
     assert counters["inductor_quant"]["int4_kernel_dequant_mm_packed"] == 4
+    assert counters["inductor_quant"][f"int4_gemm_{cpu_isa}"] == 4
     FileCheck().check("extern_kernels.inductor_quant_int4_packed_gemm").run(code)
     compiled = torch.compile(model, backend="quant_inductor", dynamic=True)
     for m in (7, 40):

@@ -62,10 +62,13 @@ def test_gemv_rows_in_uneven_passes_match_reference(m, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_prefill_uses_dequant_mm_and_keeps_int8(dtype):
+def test_prefill_uses_dequant_mm_and_keeps_int8(dtype, cpu_isa):
+    """Prefill: the widening GEMM, on AMX tiles for bf16 where the CPU has them (forced off: AVX512)."""
     model, x, expected = _case(64, 96, 128, dtype, bias=True)
     out, code = compile_and_run(model, x)
     assert counters["inductor_quant"]["int8_kernel_dequant_mm"] == 1
+    isa = "amx" if cpu_isa == "amx" and dtype == torch.bfloat16 else "avx512"
+    assert counters["inductor_quant"][f"int8_gemm_{isa}"] == 1
     FileCheck().check("extern_kernels.inductor_quant_int8_dequant_mm").run(code)
     assert "dtype=torch.int8" in code and counters["inductor_quant"]["int8_prepacked"] == 0
     verify(out, expected)
