@@ -20,7 +20,8 @@ seeded random weights (``--model base``: hidden 2048; ``--model 7b-layers``: fou
   accuracy. Stock Inductor bf16 is compared with llama.cpp F16.
 
 llama.cpp is built by ``../shared/tools/llamacpp/setup.sh`` (BIN_DIR: ``$LLAMACPP_DIR/build/bin``, default
-``~/.cache/llamacpp-anchor/build/bin``); without it only our rows are printed.
+``~/.cache/llamacpp-anchor/build/bin``); without it only our rows are printed. On a CPU with AMX its prefill column
+comes from the no-AMX build (``--llamacpp-prefill``, see ``prefill_llamacpp_bin``) and its decode from the native one.
 """
 
 from __future__ import annotations
@@ -71,6 +72,23 @@ def llamacpp_bin(arg: str | None) -> Path | None:
         if c and (Path(c) / "llama-bench").exists() and (Path(c) / "llama-quantize").exists():
             return Path(c)
     return None
+
+
+NO_AMX_BIN = Path.home() / ".cache" / "llamacpp-noamx" / "build" / "bin"
+
+
+def prefill_llamacpp_bin(arg: str | None, decode_bin: Path | None) -> Path | None:
+    """The build timed at prefill: ``arg``; else, on a CPU with AMX, the no-AMX build where it exists (llama.cpp's
+    native build crashed in every quantized prefill on the AMX Xeon, SIGSEGV / SIGILL); else the decode build."""
+    if arg:
+        return Path(arg)
+    if (
+        decode_bin is not None
+        and "amx_tile" in Path("/proc/cpuinfo").read_text()
+        and (NO_AMX_BIN / "llama-bench").exists()
+    ):
+        return NO_AMX_BIN
+    return decode_bin
 
 
 def quantized_files(bin_dir: Path, source: Path) -> dict[str, Path]:
@@ -136,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2", choices=["smollm2", *RANDOM_SIZES])
     parser.add_argument("--llamacpp", help="directory with llama-bench and llama-quantize")
+    parser.add_argument(
+        "--llamacpp-prefill",
+        help="llama.cpp build for the prefill column (default: on a CPU with AMX, the no-AMX build of "
+        "LLAMACPP_NO_AMX=1 LLAMACPP_DIR=~/.cache/llamacpp-noamx setup.sh where it exists: the native build crashes "
+        "in quantized prefill there; else --llamacpp's)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
@@ -155,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     threads = torch.get_num_threads()
+    prefill_bin = prefill_llamacpp_bin(args.llamacpp_prefill, bin_dir)
+    if bin_dir is not None:
+        print(f"llama.cpp: decode with {bin_dir}, prefill with {prefill_bin}", file=sys.stderr)
 
     if args.model == "smollm2":
         folder = smollm2_folder()
@@ -231,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 samples[name][0].append(t1 - t0)
                 samples[name][1].append(((t2 - t1) - (t1 - t0)) / (args.new_tokens - 1))
             for kind, path in files.items():
-                samples[kind][0].append(llama_bench(bin_dir, path, prompt.shape[1], 0, threads))
+                samples[kind][0].append(llama_bench(prefill_bin, path, prompt.shape[1], 0, threads))
                 samples[kind][1].append(
                     llama_bench(bin_dir, path, 0, args.new_tokens, threads) / args.new_tokens
                 )

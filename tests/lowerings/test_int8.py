@@ -14,6 +14,7 @@ from torch.testing import FileCheck
 
 from inductor_quant.primitives import int8_linear_reference
 from inductor_quant.settings import INT8_KERNEL_ENV
+from inductor_quant.templates.cpp.int8_gemv import AMX_MIN_M
 
 
 def _case(m, n, k, dtype, bias, seed=0):
@@ -58,6 +59,25 @@ def test_gemv_rows_in_uneven_passes_match_reference(m, dtype, monkeypatch):
     model, x, expected = _case(m, 72, 256, dtype, bias=True)
     out, code = compile_and_run(model, x)
     FileCheck().check(f"inductor_quant int8_gemv: M={m}").check("weight=packed").run(code)
+    verify(out, expected)
+
+
+@pytest.mark.parametrize(
+    ("m", "frozen"),
+    [(1, True), (2, True), (17, True), (32, True), (5, False)],
+    ids=["1", "2", "17", "32", "5-input"],
+)
+def test_bf16_decode_gemv_per_cpu_isa_matches_reference(m, frozen, cpu_isa, monkeypatch):
+    """bf16 decode from ``AMX_MIN_M`` rows on AMX tiles where the CPU has them (the weight as A tiles, X as one or two B tiles of 16 rows:
+    M = 17 and 32 take two), the AVX512 kernel where forced; N = 65 ends in a partial block of 32 rows and of 4,
+    the packed and the row-major weight alike. Reference: fp32 math on the exact values."""
+    monkeypatch.setenv(INT8_KERNEL_ENV, "int8_gemv")
+    model, x, expected = _case(m, 65, 160, torch.bfloat16, bias=True, seed=m)
+    out, code = compile_and_run(model, x, grad=not frozen)
+    FileCheck().check(f"inductor_quant int8_gemv: M={m}").check(
+        "weight=packed" if frozen else "row-major"
+    ).run(code)
+    assert ("#define IQ_PATH_AMX" in code) == (cpu_isa == "amx" and m >= AMX_MIN_M)
     verify(out, expected)
 
 

@@ -17,6 +17,7 @@
 {{template.header().getvalue()}}
 #include <immintrin.h>
 #include <algorithm>
+#include <cstring>
 #include <memory>
 
 #ifndef INDUCTOR_QUANT_INT8_GEMV_HELPERS
@@ -124,6 +125,90 @@ inline void iq_dot_f32_rows(int64_t mt, const int8_t* const* wr, int64_t KS, int
 }
 #endif
 
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#include <sys/syscall.h>
+#include <unistd.h>
+// --- AMX (bf16 X, M <= 32): the weight is the A operand, X the B operand ---
+// A step widens 32 weight rows x 32 values to bf16 (exact), two A tiles of 16 rows x 64 bytes, and multiplies them
+// with X laid out as B tiles (row p: the pairs (X[m, 2p], X[m, 2p + 1]) of 16 activation rows m), accumulating
+// C[r, m] = sum_k W[r, k] X[m, k] in fp32 tiles. Every weight is widened once whatever M is (the AVX512 passes
+// widen it once per pass of 6 rows), and the tiles do the products.
+// Tiles: 0-3 accumulate (rows 0-15 / 16-31 of W x activation rows 0-15 / 16-31), 4-5 W, 6-7 X.
+constexpr int64_t IQ_AMX_ROWS = 32;  // weight rows per block: 8 blocks of IQ_NR
+
+struct IqTileConfig {
+    uint8_t palette = 1;
+    uint8_t start_row = 0;
+    uint8_t reserved[14] = {};
+    uint16_t colsb[16] = {};
+    uint8_t rows[16] = {};
+};
+
+// Linux lets a process use the tile registers once it asked (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA):
+// asked here, once, so that a kernel loaded from a cache in a new process has the permission too
+inline bool iq_amx_permitted() {
+    static const bool ok = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+    return ok;
+}
+
+inline void iq_amx_configure() {
+    IqTileConfig cfg;
+    for (int t = 0; t < 8; ++t) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+// xp[p * 16 * MT + m] = the pair (X[m, 2p], X[m, 2p + 1]), zero for m >= M (MT tiles of 16 activation rows)
+template <int MT>
+inline void iq_amx_pack_x(const uint16_t* x, int64_t M, int64_t K, uint32_t* xp) {
+    for (int64_t p = 0; p < K / 2; ++p)
+        for (int64_t m = 0; m < 16 * MT; ++m) {
+            uint32_t pair = 0;
+            if (m < M) std::memcpy(&pair, x + m * K + 2 * p, 4);
+            xp[p * 16 * MT + m] = pair;
+        }
+}
+
+// c[r * 16 * MT + m] = sum_k W[r, k] X[m, k] for the 32 weight rows r whose first values are at wr[r]
+template <int MT>
+inline void iq_amx_block(const int8_t* const* wr, int64_t KS, int64_t K, const uint32_t* xp, float* c) {
+    alignas(64) uint16_t a[IQ_AMX_ROWS * IQ_KSTEP];
+    _tile_zero(0);
+    _tile_zero(1);
+    if constexpr (MT == 2) {
+        _tile_zero(2);
+        _tile_zero(3);
+    }
+    for (int64_t k = 0, off = 0; k < K; k += IQ_KSTEP, off += KS) {
+        for (int r = 0; r < IQ_AMX_ROWS; ++r) {
+            _mm_prefetch(reinterpret_cast<const char*>(wr[r] + off + IQ_PREFETCH_STEPS * KS), _MM_HINT_T0);
+            __m512 lo, hi;
+            iq_widen_f32(wr[r] + off, lo, hi);
+            _mm512_store_si512(a + r * IQ_KSTEP, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        }
+    const uint32_t* xk = xp + (k / 2) * 16 * MT;
+        _tile_loadd(4, a, 64);
+        _tile_loadd(5, a + 16 * IQ_KSTEP, 64);
+        _tile_loadd(6, xk, 64 * MT);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 5, 6);
+        if constexpr (MT == 2) {
+            _tile_loadd(7, xk + 16, 64 * MT);
+            _tile_dpbf16ps(2, 4, 7);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+    }
+    _tile_stored(0, c, 64 * MT);
+    _tile_stored(1, c + 16 * 16 * MT, 64 * MT);
+    if constexpr (MT == 2) {
+        _tile_stored(2, c + 16, 64 * MT);
+        _tile_stored(3, c + 16 * 16 * MT + 16, 64 * MT);
+    }
+}
+#endif
+
 // --- portable fallback (no AVX512): same sums, scalar ---
 template <typename XT>
 inline void iq_dot_scalar(const int8_t* const* wr, int64_t KS, int64_t K, const XT* x, int64_t ldx, int64_t mt, float* out) {
@@ -164,6 +249,57 @@ extern "C" {{export_declaration}}
     for (int64_t i = 0; i < M * K; ++i) xk[i] = static_cast<float>(X[i]);
 #endif
 
+{%- if amx %}
+#if defined(IQ_PATH_BF16) && defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#define IQ_PATH_AMX 1
+    // AMX tiles (the CPU has them; INDUCTOR_QUANT_CPU_ISA=avx512 renders the AVX512 kernel below instead)
+    constexpr int MT = M > 16 ? 2 : 1;
+    std::unique_ptr<uint32_t[]> xp_owner(new uint32_t[(K / 2) * 16 * MT]);
+    iq_amx_pack_x<MT>(xk, M, K, xp_owner.get());
+    const uint32_t* xp = xp_owner.get();
+    const bool amx = iq_amx_permitted();
+    constexpr int64_t n_blocks32 = (N + IQ_AMX_ROWS - 1) / IQ_AMX_ROWS;
+    #pragma omp parallel num_threads({{num_threads}})
+    {
+        if (amx) iq_amx_configure();
+        #pragma omp for schedule(static)
+        for (int64_t nb = 0; nb < n_blocks32; ++nb) {
+            const int64_t n0 = nb * IQ_AMX_ROWS;
+            const int64_t rows = std::min<int64_t>(IQ_AMX_ROWS, N - n0);
+            alignas(64) float acc[IQ_AMX_ROWS * 16 * MT];
+            if (amx) {
+                // rows past N (the last block of a weight) re-read row N - 1; their sums are dropped
+                const int8_t* wr[IQ_AMX_ROWS];
+                for (int64_t r = 0; r < IQ_AMX_ROWS; ++r) {
+                    const int64_t n = std::min<int64_t>(n0 + r, N - 1);
+                    wr[r] = W + n / IQ_NR * IQ_NR * K + n % IQ_NR * RS;
+                }
+                iq_amx_block<MT>(wr, KS, K, xp, acc);
+            } else {
+                // the kernel refused the tile state: the AVX512 micro-kernel, into the same [r][m] order
+                for (int64_t b = 0; b * IQ_NR < rows; ++b) {
+                    const int64_t bn = n0 + b * IQ_NR, brows = std::min<int64_t>(IQ_NR, N - bn);
+                    const int8_t* wr[IQ_NR];
+                    for (int64_t r = 0; r < IQ_NR; ++r) wr[r] = W + bn * K + std::min<int64_t>(r, brows - 1) * RS;
+                    alignas(64) float part[M * IQ_NR];
+                    iq_passes<IQ_MAX_MT_BF16>(M, [&](int64_t m, int64_t mt) {
+                        iq_dot_bf16_rows(mt, wr, KS, K, xk + m * K, K, part + m * IQ_NR);
+                    });
+                    for (int64_t mm = 0; mm < M; ++mm)
+                        for (int64_t r = 0; r < IQ_NR; ++r) acc[(b * IQ_NR + r) * 16 * MT + mm] = part[mm * IQ_NR + r];
+                }
+            }
+            for (int64_t mm = 0; mm < M; ++mm)
+                for (int64_t r = 0; r < rows; ++r) {
+                    const float out = {{ epilogue("acc[r * 16 * MT + mm]", "S[n0 + r]", "B[n0 + r]" if B is not none else none) }};
+                    Y[mm * N + n0 + r] = static_cast<{{kernel.dtype(Y)}}>(out);
+                }
+        }
+        if (amx) _tile_release();
+    }
+#endif
+#if !defined(IQ_PATH_AMX)
+{%- endif %}
 {%- if not packed and M == 1 and x_is_bf16 %}
 #if defined(IQ_PATH_BF16)
 #define IQ_ROWWISE 1
@@ -225,6 +361,10 @@ extern "C" {{export_declaration}}
 {%- if not packed and M == 1 and x_is_bf16 %}
 #endif
 #undef IQ_ROWWISE
+{%- endif %}
+{%- if amx %}
+#endif
+#undef IQ_PATH_AMX
 {%- endif %}
 {%- if epilogue_nodes %}
     // --- fused epilogue nodes (activation, residual, ...) over the whole output ---
