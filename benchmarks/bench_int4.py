@@ -46,7 +46,7 @@ class StockInt4Linear(nn.Module):
     def __init__(self, weight: iq.Int4WeightTensor):
         super().__init__()
         k, g = weight.shape[1], weight.group_size
-        q = unpack_int4(weight.qdata).to(torch.int32)
+        q = unpack_int4(weight.plain_qdata()).to(torch.int32)  # (quantize_ holds a CPU weight blocked)
         self.register_buffer("w", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
         s, z = weight.scale.float(), weight.zero_point.float()
         # aten computes (q - 8) * s + zero: our (q - zp) * s is zero = (8 - zp) * s
@@ -76,7 +76,7 @@ def _as_a8(layer: nn.Linear) -> nn.Linear:
     """The same int4 weight (shared storage) behind the W4A8 linear."""
     w = layer.weight
     out = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
-    a8 = iq.Int4WeightA8Tensor(w.qdata, w.scale, w.zero_point, dtype=w.dtype, group_size=w.group_size)
+    a8 = iq.Int4WeightA8Tensor(w.plain_qdata(), w.scale, w.zero_point, dtype=w.dtype, group_size=w.group_size)
     out.weight = nn.Parameter(a8, requires_grad=False)
     return out
 

@@ -88,6 +88,15 @@ def cpu_isa(request, monkeypatch):
 
 
 @pytest.fixture
+def avx512_kernels(monkeypatch):
+    """For the CPP templates' snapshots: their AVX512 kernels on every CPU (on one with AMX tiles, bf16 decode would
+    render the AMX kernels; those are tested per ISA in tests/lowerings/)."""
+    from inductor_quant.settings import CPU_ISA_ENV
+
+    monkeypatch.setenv(CPU_ISA_ENV, "avx512")
+
+
+@pytest.fixture
 def graph_caches():
     """For tests of the FX-graph cache itself: a cache directory of their own with the graph caches on."""
     with (

@@ -4,6 +4,7 @@ activation dtype, odd N, prefill and unsupported K; epilogue fusion; tuning once
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from torch.testing import FileCheck
 import inductor_quant as iq
 from inductor_quant.primitives import INT4_GROUP_SIZES, int4_linear_reference
 from inductor_quant.settings import INT4_KERNEL_ENV
+from inductor_quant.templates.cpp.int4_gemv import amx_min_m
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -80,6 +82,32 @@ def test_gemv_every_group_size_matches_reference(path, marker, grad, m, dtype, m
     if path == "frozen":
         assert counters["inductor_quant"]["int4_prepacked"] == 4
         assert "dtype=torch.bfloat16" not in code.split("def call")[0] or dtype == torch.bfloat16
+    verify(out, model.reference(x))
+
+
+def _gemv_sources(code: str):
+    """(group size, source) of each int4 GEMV kernel in ``code``."""
+    for part in code.split("// inductor_quant int4_gemv: ")[1:]:
+        yield int(re.match(r".*? group=(\d+)", part).group(1)), part.split('extern "C"')[0]
+
+
+@pytest.mark.parametrize(
+    ("m", "zero_point_dtype", "grad"),
+    [(4, torch.uint8, False), (17, torch.float16, False), (32, torch.uint8, True)],
+    ids=["4", "17-fp16-zero-points", "32-input"],
+)
+def test_bf16_decode_gemv_per_cpu_isa_matches_reference(m, zero_point_dtype, grad, cpu_isa, monkeypatch):
+    """bf16 decode from ``amx_min_m(group)`` rows on AMX tiles where the CPU has them (32 weight rows of 128 + q as A tiles,
+    X permuted into B tiles of 16 rows, each group's tile sums times its scale), the AVX512 kernel where forced:
+    every group size, N = 65 (a partial block of 32 rows and of 4), packed and row-major weights, integer and
+    fractional zero points. Reference: fp32 math on the exact int4 values."""
+    monkeypatch.setenv(INT4_KERNEL_ENV, "int4_gemv")
+    model = EveryGroup(zero_point_dtype=zero_point_dtype)
+    x = torch.randn(m, 512, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(m))
+    out, code = compile_and_run(model, x, grad=grad)
+    assert code.count(f"inductor_quant int4_gemv: M={m} N=65 K=512") == 4
+    amx = {(g, "#define IQ4_PATH_AMX" in src) for g, src in _gemv_sources(code)}
+    assert amx == {(g, cpu_isa == "amx" and m >= amx_min_m(g)) for g in INT4_GROUP_SIZES}
     verify(out, model.reference(x))
 
 

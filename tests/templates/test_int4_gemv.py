@@ -9,12 +9,15 @@ import os
 import re
 
 import expecttest
+import pytest
 import torch
 from conftest import compile_and_run
 from torch import nn
 
 import inductor_quant as iq
 from inductor_quant.settings import INT4_KERNEL_ENV
+
+pytestmark = pytest.mark.usefixtures("avx512_kernels")  # CPU-independent snapshots
 
 _KEEP = re.compile(
     r"inductor_quant int4_gemv|void kernel\(|constexpr int64_t (M|N|K|GS|RS|KS) =|constexpr int (S|Z)_KIND|"

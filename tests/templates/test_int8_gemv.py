@@ -16,14 +16,9 @@ import torch.nn.functional as F
 from conftest import compile_and_run, int8_weight
 from torch import nn
 
-from inductor_quant.settings import CPU_ISA_ENV, INT8_KERNEL_ENV
+from inductor_quant.settings import INT8_KERNEL_ENV
 
-
-@pytest.fixture(autouse=True)
-def _avx512_kernels(monkeypatch):
-    """The snapshots are of the AVX512 kernel on every CPU (on one with AMX tiles, bf16 would render the AMX one;
-    its own test is in tests/lowerings/test_int8.py)."""
-    monkeypatch.setenv(CPU_ISA_ENV, "avx512")
+pytestmark = pytest.mark.usefixtures("avx512_kernels")  # CPU-independent snapshots
 
 
 class _Decode(nn.Module):

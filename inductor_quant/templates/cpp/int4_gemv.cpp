@@ -340,6 +340,115 @@ inline void iq4_dot_scalar(const uint8_t* const* wr, int64_t KS, int64_t K, int6
             out[m * IQ4_NR + r] = total;
         }
 }
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#include <sys/syscall.h>
+#include <unistd.h>
+// --- AMX (bf16 X, M <= 32): the weight is the A operand, X the B operand ---
+// A step takes 32 values (16 bytes) of 32 weight rows, their nibbles as the bf16 numbers 128 + q (one OR, as the
+// AVX512 path) in the order [low nibbles, high nibbles] = k + 0, 2, .., 30, k + 1, 3, .., 31; X is laid out as B
+// tiles in that order (row p: the pairs of positions 2p, 2p + 1 of 16 activation rows). The tiles sum each group
+// exactly as bf16 products in fp32; at a group's end the sums times the group's scale go into fp32 accumulators.
+// Tiles: 0-3 accumulate (weight rows 0-15 / 16-31 x activation rows 0-15 / 16-31), 4-5 W, 6-7 X.
+constexpr int64_t IQ4_AMX_ROWS = 32;
+constexpr int64_t IQ4_AMX_CHUNK = 32;  // K values per tile step
+
+struct Iq4TileConfig {
+    uint8_t palette = 1;
+    uint8_t start_row = 0;
+    uint8_t reserved[14] = {};
+    uint16_t colsb[16] = {};
+    uint8_t rows[16] = {};
+};
+
+// Linux lets a process use the tile registers once it asked (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA):
+// asked here, once, so that a kernel loaded from a cache in a new process has the permission too
+inline bool iq4_amx_permitted() {
+    static const bool ok = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+    return ok;
+}
+
+inline void iq4_amx_configure() {
+    Iq4TileConfig cfg;
+    for (int t = 0; t < 8; ++t) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+// position i (0 .. 32) of a chunk's A row holds k offset iq4_amx_k(i)
+inline int64_t iq4_amx_k(int64_t i) { return i < 16 ? 2 * i : 2 * (i - 16) + 1; }
+
+// xp[(c * 16 + p) * 16 * MT + m] = bf16 bits of X[m, k(2p)], X[m, k(2p + 1)] for chunk c (zero past K and M)
+template <int MT>
+inline void iq4_amx_pack_x(const uint16_t* x, int64_t M, int64_t K, int64_t KP, uint32_t* xp) {
+    for (int64_t c = 0; c < KP / IQ4_AMX_CHUNK; ++c)
+        for (int64_t p = 0; p < 16; ++p)
+            for (int64_t m = 0; m < 16 * MT; ++m) {
+                const int64_t k0 = c * IQ4_AMX_CHUNK + iq4_amx_k(2 * p), k1 = c * IQ4_AMX_CHUNK + iq4_amx_k(2 * p + 1);
+                const uint32_t lo = m < M && k0 < K ? x[m * K + k0] : 0, hi = m < M && k1 < K ? x[m * K + k1] : 0;
+                xp[(c * 16 + p) * 16 * MT + m] = lo | (hi << 16);
+            }
+}
+
+// acc[r * 16 * MT + m] = sum_g sc[r][g] * sum_{k in g} (128 + q[r, k]) X[m, k] for the 32 rows at wr[r]
+// (step t of a row at wr[r] + t * KS, 64 bytes = 128 values)
+template <int MT>
+inline void iq4_amx_block(const uint8_t* const* wr, int64_t KS, int64_t KP, int64_t GS, const uint32_t* xp,
+                          const float* const* sc, float* acc) {
+    alignas(64) uint16_t a[IQ4_AMX_ROWS * IQ4_AMX_CHUNK];
+    alignas(64) float part[IQ4_AMX_ROWS * 16 * MT];
+    for (int64_t i = 0; i < IQ4_AMX_ROWS * 16 * MT; ++i) acc[i] = 0.f;
+    const __m256i nib = _mm256_set1_epi16(0xF);
+    const __m512i bias = _mm512_set1_epi16(0x4300);
+    _tile_zero(0);
+    _tile_zero(1);
+    if constexpr (MT == 2) {
+        _tile_zero(2);
+        _tile_zero(3);
+    }
+    for (int64_t k = 0; k < KP; k += IQ4_AMX_CHUNK) {
+        const int64_t off = k / IQ4_STEP * KS + (k % IQ4_STEP) / 2;
+        for (int r = 0; r < IQ4_AMX_ROWS; ++r) {
+            if (k % IQ4_STEP == 0) _mm_prefetch(reinterpret_cast<const char*>(wr[r] + off + IQ4_PREFETCH_STEPS * KS), _MM_HINT_T0);
+            const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[r] + off)));
+            const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b, nib)), _mm256_srli_epi16(b, 4), 1);
+            _mm512_store_si512(a + r * IQ4_AMX_CHUNK, _mm512_or_si512(v, bias));
+        }
+        const uint32_t* xk = xp + (k / IQ4_AMX_CHUNK) * 16 * 16 * MT;
+        _tile_loadd(4, a, 64);
+        _tile_loadd(5, a + 16 * IQ4_AMX_CHUNK, 64);
+        _tile_loadd(6, xk, 64 * MT);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 5, 6);
+        if constexpr (MT == 2) {
+            _tile_loadd(7, xk + 16, 64 * MT);
+            _tile_dpbf16ps(2, 4, 7);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        if ((k + IQ4_AMX_CHUNK) % GS == 0) {  // the group ends: its sums times its scale, into acc
+            const int64_t g = k / GS;
+            _tile_stored(0, part, 64 * MT);
+            _tile_stored(1, part + 16 * 16 * MT, 64 * MT);
+            _tile_zero(0);
+            _tile_zero(1);
+            if constexpr (MT == 2) {
+                _tile_stored(2, part + 16, 64 * MT);
+                _tile_stored(3, part + 16 * 16 * MT + 16, 64 * MT);
+                _tile_zero(2);
+                _tile_zero(3);
+            }
+            for (int r = 0; r < IQ4_AMX_ROWS; ++r) {
+                const __m512 s = _mm512_set1_ps(sc[r][g]);
+                for (int j = 0; j < MT; ++j) {
+                    float* o = acc + r * 16 * MT + 16 * j;
+                    _mm512_store_ps(o, _mm512_fmadd_ps(s, _mm512_load_ps(part + r * 16 * MT + 16 * j), _mm512_load_ps(o)));
+                }
+            }
+        }
+    }
+}
+#endif
 }  // namespace
 #endif  // INDUCTOR_QUANT_INT4_GEMV_HELPERS
 
@@ -413,6 +522,66 @@ extern "C" {{export_declaration}}
         }
     }
 
+{%- if amx %}
+#if defined(IQ4_PATH_BF16) && defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#define IQ4_PATH_AMX 1
+    // AMX tiles (the CPU has them; INDUCTOR_QUANT_CPU_ISA=avx512 renders the AVX512 kernel below instead)
+    constexpr int MT = M > 16 ? 2 : 1;
+    std::unique_ptr<uint32_t[]> xp_owner(new uint32_t[(KP / 2) * 16 * MT]);
+    iq4_amx_pack_x<MT>(reinterpret_cast<const uint16_t*>(X), M, K, KP, xp_owner.get());
+    const uint32_t* xp = xp_owner.get();
+    const bool amx = iq4_amx_permitted();
+    constexpr int64_t n_blocks32 = (N + IQ4_AMX_ROWS - 1) / IQ4_AMX_ROWS;
+    #pragma omp parallel num_threads({{num_threads}})
+    {
+        if (amx) iq4_amx_configure();
+        std::unique_ptr<float[]> coefs(new float[IQ4_AMX_ROWS * (2 * G + 4)]);
+        #pragma omp for schedule(static)
+        for (int64_t nb = 0; nb < n_blocks32; ++nb) {
+            const int64_t n0 = nb * IQ4_AMX_ROWS;
+            const int64_t rows = std::min<int64_t>(IQ4_AMX_ROWS, N - n0);
+            // rows past N (the last block of a weight) re-read row N - 1; their sums are dropped
+            const uint8_t* wr[IQ4_AMX_ROWS];
+            const float* sc[IQ4_AMX_ROWS];
+            const float* co[IQ4_AMX_ROWS];
+            for (int64_t r = 0; r < IQ4_AMX_ROWS; ++r) {
+                const int64_t n = std::min<int64_t>(n0 + r, N - 1);
+                wr[r] = W + n / IQ4_NR * IQ4_NR * (KP / 2) + n % IQ4_NR * RS;
+                float* rc = coefs.get() + r * (2 * G + 4);
+                iq4_row_coefs<S_KIND, Z_KIND>(S, Z, n, G, zbias, rc, rc + G + 4);
+                sc[r] = rc;
+                co[r] = rc + G + 4;
+            }
+            alignas(64) float acc[IQ4_AMX_ROWS * 16 * MT];
+            if (amx) {
+                iq4_amx_block<MT>(wr, KS, KP, GS, xp, sc, acc);
+            } else {
+                // the kernel refused the tile state: the AVX512 micro-kernel, 4 rows at a time, into the same order
+                for (int64_t b = 0; b * IQ4_NR < rows; ++b) {
+                    alignas(64) float part[M * IQ4_NR];
+                    int64_t m = 0;
+                    for (; m + 4 <= M; m += 4) iq4_block<4, GS>(wr + b * IQ4_NR, KS, KP, xe + m * KP, KP, sc + b * IQ4_NR, part + m * IQ4_NR);
+                    switch (M - m) {
+                        case 3: iq4_block<3, GS>(wr + b * IQ4_NR, KS, KP, xe + m * KP, KP, sc + b * IQ4_NR, part + m * IQ4_NR); break;
+                        case 2: iq4_block<2, GS>(wr + b * IQ4_NR, KS, KP, xe + m * KP, KP, sc + b * IQ4_NR, part + m * IQ4_NR); break;
+                        case 1: iq4_block<1, GS>(wr + b * IQ4_NR, KS, KP, xe + m * KP, KP, sc + b * IQ4_NR, part + m * IQ4_NR); break;
+                        default: break;
+                    }
+                    for (int64_t mm = 0; mm < M; ++mm)
+                        for (int64_t r = 0; r < IQ4_NR; ++r) acc[(b * IQ4_NR + r) * 16 * MT + mm] = part[mm * IQ4_NR + r];
+                }
+            }
+            for (int64_t mm = 0; mm < M; ++mm)
+                for (int64_t r = 0; r < rows; ++r) {
+                    const float out = {{ epilogue("(acc[r * 16 * MT + mm] + iq4_dot(co[r], xsum + mm * G, G))", none, "B[n0 + r]" if B is not none else none) }};
+                    Y[mm * N + n0 + r] = static_cast<{{kernel.dtype(Y)}}>(out);
+                }
+        }
+        if (amx) _tile_release();
+    }
+#endif
+#if !defined(IQ4_PATH_AMX)
+{%- endif %}
     #pragma omp parallel for num_threads({{num_threads}}) schedule(static)
     for (int64_t nb = 0; nb < n_blocks; ++nb) {
         const int64_t n0 = nb * IQ4_NR;
@@ -452,6 +621,10 @@ extern "C" {{export_declaration}}
                 Y[mm * N + n0 + r] = static_cast<{{kernel.dtype(Y)}}>(out);
             }
     }
+{%- if amx %}
+#endif
+#undef IQ4_PATH_AMX
+{%- endif %}
 {%- if epilogue_nodes %}
     // --- fused epilogue nodes (activation, residual, ...) over the whole output ---
     {{ store_epilogue() }}

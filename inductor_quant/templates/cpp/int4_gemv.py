@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ...settings import cpu_matrix_isa
 from .gemv import MAX_M, CppGemvTemplate
 
 __all__ = ["K_STEP", "MAX_M", "CppInt4GemvTemplate", "CppInt4RowMajorA8Template"]
@@ -16,6 +17,16 @@ __all__ = ["K_STEP", "MAX_M", "CppInt4GemvTemplate", "CppInt4RowMajorA8Template"
 # The kernel walks K in steps of this many values (64 bytes per weight row); K must be a multiple, or, for a
 # prepacked weight, is zero-padded to one (the padding is read against zero activations).
 K_STEP = 128
+
+
+def amx_min_m(group_size: int) -> int:
+    """bf16 activations of at least this many rows multiply on AMX tiles where the CPU has them
+    (settings.cpu_matrix_isa): each group's tile sums are scaled at its end, so small groups cost more. 4096 x 4096
+    x 64 layers on a 2-core Xeon with AMX, weight bytes / read bandwidth, AMX / AVX512 kernel: g32 M = 2 0.43 /
+    0.79, M = 4 0.40 / 0.48, M = 8 0.38 / 0.31; g128 M = 2 0.59 / 0.69, M = 4 0.56 / 0.45, M = 8 0.48 / 0.24."""
+    return 8 if group_size <= 32 else 4
+
+
 # element kinds of the scale / zero-point inputs (IqKind in int4_gemv.cpp); IQ_OFFSET: Z is an fp32 offset c with
 # W = q * s + c instead of a zero point
 _KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.uint8: 3}
@@ -61,6 +72,9 @@ class CppInt4GemvTemplate(CppGemvTemplate):
             s_kind=_KINDS[S.get_dtype()],
             z_kind=IQ_OFFSET if self.zero_is_offset else _KINDS[Z.get_dtype()],
             x_scaled="XS" in named,
+            amx=X.get_dtype() == torch.bfloat16
+            and int(X.get_size()[0]) >= amx_min_m(self.group_size)
+            and cpu_matrix_isa() == "amx",
         )
 
 
