@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -22,13 +23,23 @@ log = logging.getLogger(__name__)
 _OUT_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
+_HERE = Path(__file__).parent
+_INCLUDE = re.compile(r'^#include "(\w+\.h)"$', re.MULTILINE)
+
+
+def inline_includes(source: str) -> str:
+    """``source`` with each ``#include "name.h"`` line replaced by that header of this folder (the native kernels
+    and the CPP templates are compiled from strings, with no include path of the package's)."""
+    return _INCLUDE.sub(lambda m: (_HERE / m.group(1)).read_text(), source)
+
+
 def _build(file_name: str, what: str, signatures: dict, **load_options):
     """The compiled library of ``file_name`` (next to this module), its entry points typed by ``signatures``
     (name -> (argtypes, restype)); None, with a warning naming ``what``, where it cannot be built: the callers then
     use their torch fallbacks."""
     from torch._inductor.codecache import CppCodeCache
 
-    source = (Path(__file__).parent / file_name).read_text()
+    source = inline_includes((_HERE / file_name).read_text())
     try:
         lib = CppCodeCache.load(source, **load_options)
     except Exception as e:  # noqa: BLE001 - any build failure means: use the torch fallback

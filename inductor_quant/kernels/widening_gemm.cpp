@@ -21,6 +21,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "amx_tiles.h"
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
 namespace {
 constexpr int64_t NP = 64;  // output columns per panel
@@ -242,29 +244,41 @@ void store_panel(const float* c, int64_t M, int64_t N, int64_t n0, int64_t cols,
     }
 }
 
+template <int C, typename Weight>
+void widening_gemm_as(const Weight& w, const void* x, const float* s, const float* b, void* y, int64_t M, int64_t N,
+                      int64_t K, int64_t out_kind, int64_t num_threads) {
+    constexpr int64_t KC = slice_depth<C>();
+    const int64_t x_bytes = C == BF16 ? 2 : 4;
+    const int64_t panels = (N + NP - 1) / NP;
+    const int64_t row_blocks = (M + MR - 1) / MR;
+#pragma omp parallel num_threads(num_threads)
+    {
+        uint32_t* bp = static_cast<uint32_t*>(std::aligned_alloc(64, SLICE_BYTES));
+        float* c = static_cast<float*>(std::aligned_alloc(64, row_blocks * MR * NP * sizeof(float)));
+#pragma omp for schedule(static)
+        for (int64_t pn = 0; pn < panels; ++pn) {
+            const int64_t n0 = pn * NP;
+            for (int64_t k0 = 0; k0 < K; k0 += KC) {
+                const int64_t kc = std::min(KC, K - k0);
+                pack_slice<C>(w, n0, k0, kc, bp);
+                for (int64_t m = 0; m < M; m += MR) {
+                    const void* xm = static_cast<const char*>(x) + (m * K + k0) * x_bytes;
+                    row_block<C>(std::min(MR, M - m), xm, K, bp, kc, c + m * NP, k0 == 0);
+                }
+            }
+            store_panel(c, M, N, n0, std::min(NP, N - n0), s, b, y, out_kind);
+        }
+        std::free(bp);
+        std::free(c);
+    }
+}
+
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #define INDUCTOR_QUANT_AMX 1
 // AMX: 32 rows of X at a time (two 16-row tiles) against 32 packed columns (two tiles of 16 columns x 16 bf16
 // pairs, the layout pack_slice<BF16> already writes: 64-byte rows of a tile = 16 columns of one pair), four 16 x 16
 // fp32 accumulator tiles. Tiles 0-3 accumulate, 4-5 hold X, 6-7 the weight.
 constexpr int64_t AMX_MR = 32;
-
-struct TileConfig {
-    uint8_t palette = 1;
-    uint8_t start_row = 0;
-    uint8_t reserved[14] = {};
-    uint16_t colsb[16] = {};
-    uint8_t rows[16] = {};
-};
-
-inline void configure_tiles() {
-    TileConfig cfg;
-    for (int t = 0; t < 8; ++t) {
-        cfg.colsb[t] = 64;
-        cfg.rows[t] = 16;
-    }
-    _tile_loadconfig(&cfg);
-}
 
 // c[0 .. 32)[0 .. 64) (+)= X[32 rows, slice] . packed columns; X's rows ldx bf16 apart
 inline void amx_block(const uint16_t* x, int64_t ldx, const uint32_t* bp, int64_t depth, float* c, bool first) {
@@ -305,13 +319,17 @@ inline void amx_block(const uint16_t* x, int64_t ldx, const uint32_t* bp, int64_
 template <typename Weight>
 void widening_gemm_amx(const Weight& w, const void* x, const float* s, const float* b, void* y, int64_t M, int64_t N,
                        int64_t K, int64_t out_kind, int64_t num_threads) {
+    if (!iq_amx::permitted()) {  // the kernel refused the tile state: AVX512-BF16, same numbers
+        widening_gemm_as<BF16>(w, x, s, b, y, M, N, K, out_kind, num_threads);
+        return;
+    }
     constexpr int64_t KC = slice_depth<BF16>();
     const int64_t panels = (N + NP - 1) / NP;
     const int64_t rows = (M + AMX_MR - 1) / AMX_MR * AMX_MR;
     const uint16_t* xh = static_cast<const uint16_t*>(x);
 #pragma omp parallel num_threads(num_threads)
     {
-        configure_tiles();
+        iq_amx::configure();
         uint32_t* bp = static_cast<uint32_t*>(std::aligned_alloc(64, SLICE_BYTES));
         float* c = static_cast<float*>(std::aligned_alloc(64, rows * NP * sizeof(float)));
         // the last rows of X, zero-padded to a whole 32-row block (a tile always reads 16 rows)
@@ -343,35 +361,6 @@ void widening_gemm_amx(const Weight& w, const void* x, const float* s, const flo
     }
 }
 #endif
-
-template <int C, typename Weight>
-void widening_gemm_as(const Weight& w, const void* x, const float* s, const float* b, void* y, int64_t M, int64_t N,
-                      int64_t K, int64_t out_kind, int64_t num_threads) {
-    constexpr int64_t KC = slice_depth<C>();
-    const int64_t x_bytes = C == BF16 ? 2 : 4;
-    const int64_t panels = (N + NP - 1) / NP;
-    const int64_t row_blocks = (M + MR - 1) / MR;
-#pragma omp parallel num_threads(num_threads)
-    {
-        uint32_t* bp = static_cast<uint32_t*>(std::aligned_alloc(64, SLICE_BYTES));
-        float* c = static_cast<float*>(std::aligned_alloc(64, row_blocks * MR * NP * sizeof(float)));
-#pragma omp for schedule(static)
-        for (int64_t pn = 0; pn < panels; ++pn) {
-            const int64_t n0 = pn * NP;
-            for (int64_t k0 = 0; k0 < K; k0 += KC) {
-                const int64_t kc = std::min(KC, K - k0);
-                pack_slice<C>(w, n0, k0, kc, bp);
-                for (int64_t m = 0; m < M; m += MR) {
-                    const void* xm = static_cast<const char*>(x) + (m * K + k0) * x_bytes;
-                    row_block<C>(std::min(MR, M - m), xm, K, bp, kc, c + m * NP, k0 == 0);
-                }
-            }
-            store_panel(c, M, N, n0, std::min(NP, N - n0), s, b, y, out_kind);
-        }
-        std::free(bp);
-        std::free(c);
-    }
-}
 
 template <typename Weight>
 int64_t widening_gemm(int64_t compute, const Weight& w, const void* x, const float* s, const float* b, void* y,
@@ -425,7 +414,7 @@ void gemv_rows(int64_t mt, const int8_t* w, int64_t K, const uint16_t* x, float*
 }  // namespace
 
 // compute: 0 = bf16 X, 1 = fp32 X, 2 = fp16 X widened to fp32 by the caller (W rounded to fp16), 3 = bf16 X on AMX
-// tiles (compute 0 where this build has no AMX; the caller must have asked the kernel for tile data permission)
+// tiles (computed as 0 where this build has no AMX or the kernel refuses the tile state)
 // blocked: q is in the blocked decode layout (else row-major [N, K])
 extern "C" int64_t inductor_quant_int8_gemm(int64_t compute, const void* x, const int8_t* q, int64_t blocked,
                                             const float* s, const float* b, void* y, int64_t M, int64_t N, int64_t K,

@@ -72,7 +72,11 @@ def store_epilogue_nodes(kernel, Y, epilogue_nodes) -> list[str]:
 @functools.cache
 def compiled_source(file_name: str):
     """The jinja template, parsed once per process (parsing it per render cost ~10 ms x 2 per linear)."""
-    return _I.CppTemplate._template_from_string((Path(__file__).parent / file_name).read_text())
+    from ...kernels import inline_includes
+
+    return _I.CppTemplate._template_from_string(
+        inline_includes((Path(__file__).parent / file_name).read_text())
+    )
 
 
 class CppGemvTemplate(_I.CppTemplate):

@@ -25,6 +25,8 @@
 #include <cstring>
 #include <memory>
 
+#include "amx_tiles.h"
+
 #ifndef INDUCTOR_QUANT_INT4_GEMV_HELPERS
 #define INDUCTOR_QUANT_INT4_GEMV_HELPERS  // a graph's kernels share one translation unit: define helpers once
 namespace {
@@ -341,8 +343,6 @@ inline void iq4_dot_scalar(const uint8_t* const* wr, int64_t KS, int64_t K, int6
         }
 }
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
-#include <sys/syscall.h>
-#include <unistd.h>
 // --- AMX (bf16 X, M <= 32): the weight is the A operand, X the B operand ---
 // A step takes 32 values (16 bytes) of 32 weight rows, their nibbles as the bf16 numbers 128 + q (one OR, as the
 // AVX512 path) in the order [low nibbles, high nibbles] = k + 0, 2, .., 30, k + 1, 3, .., 31; X is laid out as B
@@ -351,30 +351,6 @@ inline void iq4_dot_scalar(const uint8_t* const* wr, int64_t KS, int64_t K, int6
 // Tiles: 0-3 accumulate (weight rows 0-15 / 16-31 x activation rows 0-15 / 16-31), 4-5 W, 6-7 X.
 constexpr int64_t IQ4_AMX_ROWS = 32;
 constexpr int64_t IQ4_AMX_CHUNK = 32;  // K values per tile step
-
-struct Iq4TileConfig {
-    uint8_t palette = 1;
-    uint8_t start_row = 0;
-    uint8_t reserved[14] = {};
-    uint16_t colsb[16] = {};
-    uint8_t rows[16] = {};
-};
-
-// Linux lets a process use the tile registers once it asked (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA):
-// asked here, once, so that a kernel loaded from a cache in a new process has the permission too
-inline bool iq4_amx_permitted() {
-    static const bool ok = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-    return ok;
-}
-
-inline void iq4_amx_configure() {
-    Iq4TileConfig cfg;
-    for (int t = 0; t < 8; ++t) {
-        cfg.colsb[t] = 64;
-        cfg.rows[t] = 16;
-    }
-    _tile_loadconfig(&cfg);
-}
 
 // position i (0 .. 32) of a chunk's A row holds k offset iq4_amx_k(i)
 inline int64_t iq4_amx_k(int64_t i) { return i < 16 ? 2 * i : 2 * (i - 16) + 1; }
@@ -530,11 +506,11 @@ extern "C" {{export_declaration}}
     std::unique_ptr<uint32_t[]> xp_owner(new uint32_t[(KP / 2) * 16 * MT]);
     iq4_amx_pack_x<MT>(reinterpret_cast<const uint16_t*>(X), M, K, KP, xp_owner.get());
     const uint32_t* xp = xp_owner.get();
-    const bool amx = iq4_amx_permitted();
+    const bool amx = iq_amx::permitted();
     constexpr int64_t n_blocks32 = (N + IQ4_AMX_ROWS - 1) / IQ4_AMX_ROWS;
     #pragma omp parallel num_threads({{num_threads}})
     {
-        if (amx) iq4_amx_configure();
+        if (amx) iq_amx::configure();
         std::unique_ptr<float[]> coefs(new float[IQ4_AMX_ROWS * (2 * G + 4)]);
         #pragma omp for schedule(static)
         for (int64_t nb = 0; nb < n_blocks32; ++nb) {

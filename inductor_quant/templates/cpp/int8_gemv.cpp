@@ -20,6 +20,8 @@
 #include <cstring>
 #include <memory>
 
+#include "amx_tiles.h"
+
 #ifndef INDUCTOR_QUANT_INT8_GEMV_HELPERS
 #define INDUCTOR_QUANT_INT8_GEMV_HELPERS  // a graph's kernels share one translation unit: define helpers once
 namespace {
@@ -126,8 +128,6 @@ inline void iq_dot_f32_rows(int64_t mt, const int8_t* const* wr, int64_t KS, int
 #endif
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
-#include <sys/syscall.h>
-#include <unistd.h>
 // --- AMX (bf16 X, M <= 32): the weight is the A operand, X the B operand ---
 // A step widens 32 weight rows x 32 values to bf16 (exact), two A tiles of 16 rows x 64 bytes, and multiplies them
 // with X laid out as B tiles (row p: the pairs (X[m, 2p], X[m, 2p + 1]) of 16 activation rows m), accumulating
@@ -135,30 +135,6 @@ inline void iq_dot_f32_rows(int64_t mt, const int8_t* const* wr, int64_t KS, int
 // widen it once per pass of 6 rows), and the tiles do the products.
 // Tiles: 0-3 accumulate (rows 0-15 / 16-31 of W x activation rows 0-15 / 16-31), 4-5 W, 6-7 X.
 constexpr int64_t IQ_AMX_ROWS = 32;  // weight rows per block: 8 blocks of IQ_NR
-
-struct IqTileConfig {
-    uint8_t palette = 1;
-    uint8_t start_row = 0;
-    uint8_t reserved[14] = {};
-    uint16_t colsb[16] = {};
-    uint8_t rows[16] = {};
-};
-
-// Linux lets a process use the tile registers once it asked (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA):
-// asked here, once, so that a kernel loaded from a cache in a new process has the permission too
-inline bool iq_amx_permitted() {
-    static const bool ok = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-    return ok;
-}
-
-inline void iq_amx_configure() {
-    IqTileConfig cfg;
-    for (int t = 0; t < 8; ++t) {
-        cfg.colsb[t] = 64;
-        cfg.rows[t] = 16;
-    }
-    _tile_loadconfig(&cfg);
-}
 
 // xp[p * 16 * MT + m] = the pair (X[m, 2p], X[m, 2p + 1]), zero for m >= M (MT tiles of 16 activation rows)
 template <int MT>
@@ -188,7 +164,7 @@ inline void iq_amx_block(const int8_t* const* wr, int64_t KS, int64_t K, const u
             iq_widen_f32(wr[r] + off, lo, hi);
             _mm512_store_si512(a + r * IQ_KSTEP, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
         }
-    const uint32_t* xk = xp + (k / 2) * 16 * MT;
+        const uint32_t* xk = xp + (k / 2) * 16 * MT;
         _tile_loadd(4, a, 64);
         _tile_loadd(5, a + 16 * IQ_KSTEP, 64);
         _tile_loadd(6, xk, 64 * MT);
@@ -257,11 +233,11 @@ extern "C" {{export_declaration}}
     std::unique_ptr<uint32_t[]> xp_owner(new uint32_t[(K / 2) * 16 * MT]);
     iq_amx_pack_x<MT>(xk, M, K, xp_owner.get());
     const uint32_t* xp = xp_owner.get();
-    const bool amx = iq_amx_permitted();
+    const bool amx = iq_amx::permitted();
     constexpr int64_t n_blocks32 = (N + IQ_AMX_ROWS - 1) / IQ_AMX_ROWS;
     #pragma omp parallel num_threads({{num_threads}})
     {
-        if (amx) iq_amx_configure();
+        if (amx) iq_amx::configure();
         #pragma omp for schedule(static)
         for (int64_t nb = 0; nb < n_blocks32; ++nb) {
             const int64_t n0 = nb * IQ_AMX_ROWS;
