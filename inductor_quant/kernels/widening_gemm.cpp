@@ -244,33 +244,47 @@ void store_panel(const float* c, int64_t M, int64_t N, int64_t n0, int64_t cols,
     }
 }
 
-template <int C, typename Weight>
-void widening_gemm_as(const Weight& w, const void* x, const float* s, const float* b, void* y, int64_t M, int64_t N,
-                      int64_t K, int64_t out_kind, int64_t num_threads) {
+// The threads' walk: each takes panels of NP output columns; each KC-deep slice of a panel is converted once into
+// the compute layout C (at bp) and `rows(m, k0, bp, kc, cm, first)` runs the RB rows of X from row m against it,
+// into cm, the panel's fp32 sums of those rows (first: the slice at k0 = 0); the panel's sums are then stored to Y.
+// `setup` / `teardown` run once per thread.
+template <int C, int64_t RB, typename Weight, typename Rows, typename Setup, typename Teardown>
+void walk_panels(const Weight& w, const void* x, const float* s, const float* b, void* y, int64_t M, int64_t N,
+                 int64_t K, int64_t out_kind, int64_t num_threads, Rows&& rows, Setup&& setup, Teardown&& teardown) {
     constexpr int64_t KC = slice_depth<C>();
-    const int64_t x_bytes = C == BF16 ? 2 : 4;
     const int64_t panels = (N + NP - 1) / NP;
-    const int64_t row_blocks = (M + MR - 1) / MR;
+    const int64_t row_blocks = (M + RB - 1) / RB;
 #pragma omp parallel num_threads(num_threads)
     {
+        setup();
         uint32_t* bp = static_cast<uint32_t*>(std::aligned_alloc(64, SLICE_BYTES));
-        float* c = static_cast<float*>(std::aligned_alloc(64, row_blocks * MR * NP * sizeof(float)));
+        float* c = static_cast<float*>(std::aligned_alloc(64, row_blocks * RB * NP * sizeof(float)));
 #pragma omp for schedule(static)
         for (int64_t pn = 0; pn < panels; ++pn) {
             const int64_t n0 = pn * NP;
             for (int64_t k0 = 0; k0 < K; k0 += KC) {
                 const int64_t kc = std::min(KC, K - k0);
                 pack_slice<C>(w, n0, k0, kc, bp);
-                for (int64_t m = 0; m < M; m += MR) {
-                    const void* xm = static_cast<const char*>(x) + (m * K + k0) * x_bytes;
-                    row_block<C>(std::min(MR, M - m), xm, K, bp, kc, c + m * NP, k0 == 0);
-                }
+                for (int64_t m = 0; m < M; m += RB) rows(m, k0, bp, kc, c + m * NP, k0 == 0);
             }
             store_panel(c, M, N, n0, std::min(NP, N - n0), s, b, y, out_kind);
         }
         std::free(bp);
         std::free(c);
+        teardown();
     }
+}
+
+template <int C, typename Weight>
+void widening_gemm_as(const Weight& w, const void* x, const float* s, const float* b, void* y, int64_t M, int64_t N,
+                      int64_t K, int64_t out_kind, int64_t num_threads) {
+    walk_panels<C, MR>(
+        w, x, s, b, y, M, N, K, out_kind, num_threads,
+        [&](int64_t m, int64_t k0, const uint32_t* bp, int64_t kc, float* cm, bool first) {
+            const void* xm = static_cast<const char*>(x) + (m * K + k0) * (C == BF16 ? 2 : 4);
+            row_block<C>(std::min(MR, M - m), xm, K, bp, kc, cm, first);
+        },
+        [] {}, [] {});
 }
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
@@ -324,41 +338,30 @@ void widening_gemm_amx(const Weight& w, const void* x, const float* s, const flo
         return;
     }
     constexpr int64_t KC = slice_depth<BF16>();
-    const int64_t panels = (N + NP - 1) / NP;
-    const int64_t rows = (M + AMX_MR - 1) / AMX_MR * AMX_MR;
     const uint16_t* xh = static_cast<const uint16_t*>(x);
-#pragma omp parallel num_threads(num_threads)
-    {
-        iq_amx::configure();
-        uint32_t* bp = static_cast<uint32_t*>(std::aligned_alloc(64, SLICE_BYTES));
-        float* c = static_cast<float*>(std::aligned_alloc(64, rows * NP * sizeof(float)));
-        // the last rows of X, zero-padded to a whole 32-row block (a tile always reads 16 rows)
-        uint16_t* tail = static_cast<uint16_t*>(std::aligned_alloc(64, AMX_MR * KC * sizeof(uint16_t)));
-#pragma omp for schedule(static)
-        for (int64_t pn = 0; pn < panels; ++pn) {
-            const int64_t n0 = pn * NP;
-            for (int64_t k0 = 0; k0 < K; k0 += KC) {
-                const int64_t kc = std::min(KC, K - k0);
-                pack_slice<BF16>(w, n0, k0, kc, bp);
-                for (int64_t m = 0; m < M; m += AMX_MR) {
-                    const int64_t live = std::min(AMX_MR, M - m);
-                    if (live == AMX_MR) {
-                        amx_block(xh + m * K + k0, K, bp, kc, c + m * NP, k0 == 0);
-                    } else {
-                        std::memset(tail, 0, AMX_MR * kc * sizeof(uint16_t));
-                        for (int64_t r = 0; r < live; ++r)
-                            std::memcpy(tail + r * kc, xh + (m + r) * K + k0, kc * sizeof(uint16_t));
-                        amx_block(tail, kc, bp, kc, c + m * NP, k0 == 0);
-                    }
-                }
+    // per thread: the last rows of X, zero-padded to a whole 32-row block (a tile always reads 16 rows)
+    thread_local uint16_t* tail = nullptr;
+    walk_panels<BF16, AMX_MR>(
+        w, x, s, b, y, M, N, K, out_kind, num_threads,
+        [&](int64_t m, int64_t k0, const uint32_t* bp, int64_t kc, float* cm, bool first) {
+            const int64_t live = std::min(AMX_MR, M - m);
+            if (live == AMX_MR) {
+                amx_block(xh + m * K + k0, K, bp, kc, cm, first);
+                return;
             }
-            store_panel(c, M, N, n0, std::min(NP, N - n0), s, b, y, out_kind);
-        }
-        std::free(tail);
-        std::free(bp);
-        std::free(c);
-        _tile_release();
-    }
+            std::memset(tail, 0, AMX_MR * kc * sizeof(uint16_t));
+            for (int64_t r = 0; r < live; ++r) std::memcpy(tail + r * kc, xh + (m + r) * K + k0, kc * sizeof(uint16_t));
+            amx_block(tail, kc, bp, kc, cm, first);
+        },
+        [] {
+            iq_amx::configure();
+            tail = static_cast<uint16_t*>(std::aligned_alloc(64, AMX_MR * KC * sizeof(uint16_t)));
+        },
+        [] {
+            std::free(tail);
+            tail = nullptr;
+            _tile_release();
+        });
 }
 #endif
 

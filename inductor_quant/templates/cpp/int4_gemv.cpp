@@ -348,7 +348,7 @@ inline void iq4_dot_scalar(const uint8_t* const* wr, int64_t KS, int64_t K, int6
 // AVX512 path) in the order [low nibbles, high nibbles] = k + 0, 2, .., 30, k + 1, 3, .., 31; X is laid out as B
 // tiles in that order (row p: the pairs of positions 2p, 2p + 1 of 16 activation rows). The tiles sum each group
 // exactly as bf16 products in fp32; at a group's end the sums times the group's scale go into fp32 accumulators.
-// Tiles: 0-3 accumulate (weight rows 0-15 / 16-31 x activation rows 0-15 / 16-31), 4-5 W, 6-7 X.
+// (tiles: amx_tiles.h, iq_amx::decode_step)
 constexpr int64_t IQ4_AMX_ROWS = 32;
 constexpr int64_t IQ4_AMX_CHUNK = 32;  // K values per tile step
 
@@ -377,12 +377,7 @@ inline void iq4_amx_block(const uint8_t* const* wr, int64_t KS, int64_t KP, int6
     for (int64_t i = 0; i < IQ4_AMX_ROWS * 16 * MT; ++i) acc[i] = 0.f;
     const __m256i nib = _mm256_set1_epi16(0xF);
     const __m512i bias = _mm512_set1_epi16(0x4300);
-    _tile_zero(0);
-    _tile_zero(1);
-    if constexpr (MT == 2) {
-        _tile_zero(2);
-        _tile_zero(3);
-    }
+    iq_amx::zero_sums<MT>();
     for (int64_t k = 0; k < KP; k += IQ4_AMX_CHUNK) {
         const int64_t off = k / IQ4_STEP * KS + (k % IQ4_STEP) / 2;
         for (int r = 0; r < IQ4_AMX_ROWS; ++r) {
@@ -391,29 +386,11 @@ inline void iq4_amx_block(const uint8_t* const* wr, int64_t KS, int64_t KP, int6
             const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b, nib)), _mm256_srli_epi16(b, 4), 1);
             _mm512_store_si512(a + r * IQ4_AMX_CHUNK, _mm512_or_si512(v, bias));
         }
-        const uint32_t* xk = xp + (k / IQ4_AMX_CHUNK) * 16 * 16 * MT;
-        _tile_loadd(4, a, 64);
-        _tile_loadd(5, a + 16 * IQ4_AMX_CHUNK, 64);
-        _tile_loadd(6, xk, 64 * MT);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 5, 6);
-        if constexpr (MT == 2) {
-            _tile_loadd(7, xk + 16, 64 * MT);
-            _tile_dpbf16ps(2, 4, 7);
-            _tile_dpbf16ps(3, 5, 7);
-        }
+        iq_amx::decode_step<MT>(a, xp + (k / IQ4_AMX_CHUNK) * 16 * 16 * MT);
         if ((k + IQ4_AMX_CHUNK) % GS == 0) {  // the group ends: its sums times its scale, into acc
             const int64_t g = k / GS;
-            _tile_stored(0, part, 64 * MT);
-            _tile_stored(1, part + 16 * 16 * MT, 64 * MT);
-            _tile_zero(0);
-            _tile_zero(1);
-            if constexpr (MT == 2) {
-                _tile_stored(2, part + 16, 64 * MT);
-                _tile_stored(3, part + 16 * 16 * MT + 16, 64 * MT);
-                _tile_zero(2);
-                _tile_zero(3);
-            }
+            iq_amx::store_sums<MT>(part);
+            iq_amx::zero_sums<MT>();
             for (int r = 0; r < IQ4_AMX_ROWS; ++r) {
                 const __m512 s = _mm512_set1_ps(sc[r][g]);
                 for (int j = 0; j < MT; ++j) {

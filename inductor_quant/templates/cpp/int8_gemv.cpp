@@ -133,7 +133,7 @@ inline void iq_dot_f32_rows(int64_t mt, const int8_t* const* wr, int64_t KS, int
 // with X laid out as B tiles (row p: the pairs (X[m, 2p], X[m, 2p + 1]) of 16 activation rows m), accumulating
 // C[r, m] = sum_k W[r, k] X[m, k] in fp32 tiles. Every weight is widened once whatever M is (the AVX512 passes
 // widen it once per pass of 6 rows), and the tiles do the products.
-// Tiles: 0-3 accumulate (rows 0-15 / 16-31 of W x activation rows 0-15 / 16-31), 4-5 W, 6-7 X.
+// (tiles: amx_tiles.h, iq_amx::decode_step)
 constexpr int64_t IQ_AMX_ROWS = 32;  // weight rows per block: 8 blocks of IQ_NR
 
 // xp[p * 16 * MT + m] = the pair (X[m, 2p], X[m, 2p + 1]), zero for m >= M (MT tiles of 16 activation rows)
@@ -151,12 +151,7 @@ inline void iq_amx_pack_x(const uint16_t* x, int64_t M, int64_t K, uint32_t* xp)
 template <int MT>
 inline void iq_amx_block(const int8_t* const* wr, int64_t KS, int64_t K, const uint32_t* xp, float* c) {
     alignas(64) uint16_t a[IQ_AMX_ROWS * IQ_KSTEP];
-    _tile_zero(0);
-    _tile_zero(1);
-    if constexpr (MT == 2) {
-        _tile_zero(2);
-        _tile_zero(3);
-    }
+    iq_amx::zero_sums<MT>();
     for (int64_t k = 0, off = 0; k < K; k += IQ_KSTEP, off += KS) {
         for (int r = 0; r < IQ_AMX_ROWS; ++r) {
             _mm_prefetch(reinterpret_cast<const char*>(wr[r] + off + IQ_PREFETCH_STEPS * KS), _MM_HINT_T0);
@@ -164,24 +159,9 @@ inline void iq_amx_block(const int8_t* const* wr, int64_t KS, int64_t K, const u
             iq_widen_f32(wr[r] + off, lo, hi);
             _mm512_store_si512(a + r * IQ_KSTEP, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
         }
-        const uint32_t* xk = xp + (k / 2) * 16 * MT;
-        _tile_loadd(4, a, 64);
-        _tile_loadd(5, a + 16 * IQ_KSTEP, 64);
-        _tile_loadd(6, xk, 64 * MT);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 5, 6);
-        if constexpr (MT == 2) {
-            _tile_loadd(7, xk + 16, 64 * MT);
-            _tile_dpbf16ps(2, 4, 7);
-            _tile_dpbf16ps(3, 5, 7);
-        }
+        iq_amx::decode_step<MT>(a, xp + (k / 2) * 16 * MT);
     }
-    _tile_stored(0, c, 64 * MT);
-    _tile_stored(1, c + 16 * 16 * MT, 64 * MT);
-    if constexpr (MT == 2) {
-        _tile_stored(2, c + 16, 64 * MT);
-        _tile_stored(3, c + 16 * 16 * MT + 16, 64 * MT);
-    }
+    iq_amx::store_sums<MT>(c);
 }
 #endif
 
