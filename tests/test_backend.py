@@ -171,6 +171,22 @@ def test_fx_graph_cache_hits_and_a_changed_package_misses(monkeypatch, graph_cac
     assert counters["inductor"]["fxgraph_cache_miss"] == 2 and counters["inductor"]["fxgraph_cache_hit"] == 1
 
 
+def test_the_cpu_matrix_isa_is_part_of_the_cache_key(monkeypatch, graph_caches):
+    """The GEMV templates render AMX or AVX512 kernels (settings.cpu_matrix_isa): a graph compiled for one is not
+    served to the other."""
+    import inductor_quant.kernels as kernels
+    from inductor_quant.settings import CPU_ISA_ENV
+
+    monkeypatch.setattr(kernels, "amx_available", lambda: True)  # as on a CPU with AMX tiles
+    x = torch.randn(2, 64, dtype=torch.bfloat16)
+    for isa, misses, hits in (("avx512", 1, 0), ("avx512", 1, 1), ("amx", 2, 1)):
+        monkeypatch.setenv(CPU_ISA_ENV, isa)
+        torch._dynamo.reset()
+        compile_and_run(_gpt_fast_linear(), x, options={"inductor_quant.prepack": False})
+        assert counters["inductor"]["fxgraph_cache_miss"] == misses
+        assert counters["inductor"]["fxgraph_cache_hit"] == hits
+
+
 def test_prepacked_graphs_bypass_the_fx_graph_cache(graph_caches):
     """A cached frozen graph would carry a copy of every packed weight into the cache directory."""
     x = torch.randn(2, 64, dtype=torch.bfloat16)

@@ -22,7 +22,7 @@ from torch.fx import Graph, Node
 
 import inductor_quant
 
-from ..settings import forced_int4_kernel, forced_int8_kernel, forced_ternary_kernel
+from ..settings import cpu_matrix_isa, forced_int4_kernel, forced_int8_kernel, forced_ternary_kernel
 
 log = logging.getLogger(__name__)
 
@@ -287,8 +287,8 @@ class _PackagePass(CustomGraphPass):
         raise NotImplementedError
 
     def uuid(self) -> bytes:
-        # The forced-kernel switch changes what the lowerings emit, so it is part of the key too.
-        forced = f"{forced_int8_kernel()},{forced_int4_kernel()},{forced_ternary_kernel()}"
+        # The forced-kernel switches and the CPU's matrix ISA change what the lowerings emit: part of the key too.
+        forced = f"{forced_int8_kernel()},{forced_int4_kernel()},{forced_ternary_kernel()},{cpu_matrix_isa()}"
         return package_source_hash() + self.stage.encode() + forced.encode()
 
 
