@@ -478,62 +478,47 @@ extern "C" {{export_declaration}}
 {%- if amx %}
 #if defined(IQ4_PATH_BF16) && defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #define IQ4_PATH_AMX 1
-    // AMX tiles (the CPU has them; INDUCTOR_QUANT_CPU_ISA=avx512 renders the AVX512 kernel below instead)
-    constexpr int MT = M > 16 ? 2 : 1;
-    std::unique_ptr<uint32_t[]> xp_owner(new uint32_t[(KP / 2) * 16 * MT]);
-    iq4_amx_pack_x<MT>(reinterpret_cast<const uint16_t*>(X), M, K, KP, xp_owner.get());
-    const uint32_t* xp = xp_owner.get();
-    const bool amx = iq_amx::permitted();
-    constexpr int64_t n_blocks32 = (N + IQ4_AMX_ROWS - 1) / IQ4_AMX_ROWS;
-    #pragma omp parallel num_threads({{num_threads}})
-    {
-        if (amx) iq_amx::configure();
-        std::unique_ptr<float[]> coefs(new float[IQ4_AMX_ROWS * (2 * G + 4)]);
-        #pragma omp for schedule(static)
-        for (int64_t nb = 0; nb < n_blocks32; ++nb) {
-            const int64_t n0 = nb * IQ4_AMX_ROWS;
-            const int64_t rows = std::min<int64_t>(IQ4_AMX_ROWS, N - n0);
-            // rows past N (the last block of a weight) re-read row N - 1; their sums are dropped
-            const uint8_t* wr[IQ4_AMX_ROWS];
-            const float* sc[IQ4_AMX_ROWS];
-            const float* co[IQ4_AMX_ROWS];
-            for (int64_t r = 0; r < IQ4_AMX_ROWS; ++r) {
-                const int64_t n = std::min<int64_t>(n0 + r, N - 1);
-                wr[r] = W + n / IQ4_NR * IQ4_NR * (KP / 2) + n % IQ4_NR * RS;
-                float* rc = coefs.get() + r * (2 * G + 4);
-                iq4_row_coefs<S_KIND, Z_KIND>(S, Z, n, G, zbias, rc, rc + G + 4);
-                sc[r] = rc;
-                co[r] = rc + G + 4;
-            }
-            alignas(64) float acc[IQ4_AMX_ROWS * 16 * MT];
-            if (amx) {
+    // AMX tiles (the CPU has them; INDUCTOR_QUANT_CPU_ISA=avx512 renders only the AVX512 kernel below, which also
+    // runs if the OS refuses this process the tile state)
+    if (iq_amx::permitted()) {
+        constexpr int MT = M > 16 ? 2 : 1;
+        std::unique_ptr<uint32_t[]> xp_owner(new uint32_t[(KP / 2) * 16 * MT]);
+        iq4_amx_pack_x<MT>(reinterpret_cast<const uint16_t*>(X), M, K, KP, xp_owner.get());
+        const uint32_t* xp = xp_owner.get();
+        constexpr int64_t n_blocks32 = (N + IQ4_AMX_ROWS - 1) / IQ4_AMX_ROWS;
+        #pragma omp parallel num_threads({{num_threads}})
+        {
+            iq_amx::configure();
+            std::unique_ptr<float[]> coefs(new float[IQ4_AMX_ROWS * (2 * G + 4)]);
+            #pragma omp for schedule(static)
+            for (int64_t nb = 0; nb < n_blocks32; ++nb) {
+                const int64_t n0 = nb * IQ4_AMX_ROWS;
+                const int64_t rows = std::min<int64_t>(IQ4_AMX_ROWS, N - n0);
+                // rows past N (the last block of a weight) re-read row N - 1; their sums are dropped
+                const uint8_t* wr[IQ4_AMX_ROWS];
+                const float* sc[IQ4_AMX_ROWS];
+                const float* co[IQ4_AMX_ROWS];
+                for (int64_t r = 0; r < IQ4_AMX_ROWS; ++r) {
+                    const int64_t n = std::min<int64_t>(n0 + r, N - 1);
+                    wr[r] = W + n / IQ4_NR * IQ4_NR * (KP / 2) + n % IQ4_NR * RS;
+                    float* rc = coefs.get() + r * (2 * G + 4);
+                    iq4_row_coefs<S_KIND, Z_KIND>(S, Z, n, G, zbias, rc, rc + G + 4);
+                    sc[r] = rc;
+                    co[r] = rc + G + 4;
+                }
+                alignas(64) float acc[IQ4_AMX_ROWS * 16 * MT];
                 iq4_amx_block<MT>(wr, KS, KP, GS, xp, sc, acc);
-            } else {
-                // the kernel refused the tile state: the AVX512 micro-kernel, 4 rows at a time, into the same order
-                for (int64_t b = 0; b * IQ4_NR < rows; ++b) {
-                    alignas(64) float part[M * IQ4_NR];
-                    int64_t m = 0;
-                    for (; m + 4 <= M; m += 4) iq4_block<4, GS>(wr + b * IQ4_NR, KS, KP, xe + m * KP, KP, sc + b * IQ4_NR, part + m * IQ4_NR);
-                    switch (M - m) {
-                        case 3: iq4_block<3, GS>(wr + b * IQ4_NR, KS, KP, xe + m * KP, KP, sc + b * IQ4_NR, part + m * IQ4_NR); break;
-                        case 2: iq4_block<2, GS>(wr + b * IQ4_NR, KS, KP, xe + m * KP, KP, sc + b * IQ4_NR, part + m * IQ4_NR); break;
-                        case 1: iq4_block<1, GS>(wr + b * IQ4_NR, KS, KP, xe + m * KP, KP, sc + b * IQ4_NR, part + m * IQ4_NR); break;
-                        default: break;
+                for (int64_t mm = 0; mm < M; ++mm)
+                    for (int64_t r = 0; r < rows; ++r) {
+                        const float out = {{ epilogue("(acc[r * 16 * MT + mm] + iq4_dot(co[r], xsum + mm * G, G))", none, "B[n0 + r]" if B is not none else none) }};
+                        Y[mm * N + n0 + r] = static_cast<{{kernel.dtype(Y)}}>(out);
                     }
-                    for (int64_t mm = 0; mm < M; ++mm)
-                        for (int64_t r = 0; r < IQ4_NR; ++r) acc[(b * IQ4_NR + r) * 16 * MT + mm] = part[mm * IQ4_NR + r];
-                }
             }
-            for (int64_t mm = 0; mm < M; ++mm)
-                for (int64_t r = 0; r < rows; ++r) {
-                    const float out = {{ epilogue("(acc[r * 16 * MT + mm] + iq4_dot(co[r], xsum + mm * G, G))", none, "B[n0 + r]" if B is not none else none) }};
-                    Y[mm * N + n0 + r] = static_cast<{{kernel.dtype(Y)}}>(out);
-                }
+            _tile_release();
         }
-        if (amx) _tile_release();
-    }
+    } else
 #endif
-#if !defined(IQ4_PATH_AMX)
+    {
 {%- endif %}
     #pragma omp parallel for num_threads({{num_threads}}) schedule(static)
     for (int64_t nb = 0; nb < n_blocks; ++nb) {
@@ -575,7 +560,7 @@ extern "C" {{export_declaration}}
             }
     }
 {%- if amx %}
-#endif
+    }
 #undef IQ4_PATH_AMX
 {%- endif %}
 {%- if epilogue_nodes %}

@@ -208,53 +208,40 @@ extern "C" {{export_declaration}}
 {%- if amx %}
 #if defined(IQ_PATH_BF16) && defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #define IQ_PATH_AMX 1
-    // AMX tiles (the CPU has them; INDUCTOR_QUANT_CPU_ISA=avx512 renders the AVX512 kernel below instead)
-    constexpr int MT = M > 16 ? 2 : 1;
-    std::unique_ptr<uint32_t[]> xp_owner(new uint32_t[(K / 2) * 16 * MT]);
-    iq_amx_pack_x<MT>(xk, M, K, xp_owner.get());
-    const uint32_t* xp = xp_owner.get();
-    const bool amx = iq_amx::permitted();
-    constexpr int64_t n_blocks32 = (N + IQ_AMX_ROWS - 1) / IQ_AMX_ROWS;
-    #pragma omp parallel num_threads({{num_threads}})
-    {
-        if (amx) iq_amx::configure();
-        #pragma omp for schedule(static)
-        for (int64_t nb = 0; nb < n_blocks32; ++nb) {
-            const int64_t n0 = nb * IQ_AMX_ROWS;
-            const int64_t rows = std::min<int64_t>(IQ_AMX_ROWS, N - n0);
-            alignas(64) float acc[IQ_AMX_ROWS * 16 * MT];
-            if (amx) {
+    // AMX tiles (the CPU has them; INDUCTOR_QUANT_CPU_ISA=avx512 renders only the AVX512 kernel below, which also
+    // runs if the OS refuses this process the tile state)
+    if (iq_amx::permitted()) {
+        constexpr int MT = M > 16 ? 2 : 1;
+        std::unique_ptr<uint32_t[]> xp_owner(new uint32_t[(K / 2) * 16 * MT]);
+        iq_amx_pack_x<MT>(xk, M, K, xp_owner.get());
+        const uint32_t* xp = xp_owner.get();
+        constexpr int64_t n_blocks32 = (N + IQ_AMX_ROWS - 1) / IQ_AMX_ROWS;
+        #pragma omp parallel num_threads({{num_threads}})
+        {
+            iq_amx::configure();
+            #pragma omp for schedule(static)
+            for (int64_t nb = 0; nb < n_blocks32; ++nb) {
+                const int64_t n0 = nb * IQ_AMX_ROWS;
+                const int64_t rows = std::min<int64_t>(IQ_AMX_ROWS, N - n0);
                 // rows past N (the last block of a weight) re-read row N - 1; their sums are dropped
                 const int8_t* wr[IQ_AMX_ROWS];
                 for (int64_t r = 0; r < IQ_AMX_ROWS; ++r) {
                     const int64_t n = std::min<int64_t>(n0 + r, N - 1);
                     wr[r] = W + n / IQ_NR * IQ_NR * K + n % IQ_NR * RS;
                 }
+                alignas(64) float acc[IQ_AMX_ROWS * 16 * MT];
                 iq_amx_block<MT>(wr, KS, K, xp, acc);
-            } else {
-                // the kernel refused the tile state: the AVX512 micro-kernel, into the same [r][m] order
-                for (int64_t b = 0; b * IQ_NR < rows; ++b) {
-                    const int64_t bn = n0 + b * IQ_NR, brows = std::min<int64_t>(IQ_NR, N - bn);
-                    const int8_t* wr[IQ_NR];
-                    for (int64_t r = 0; r < IQ_NR; ++r) wr[r] = W + bn * K + std::min<int64_t>(r, brows - 1) * RS;
-                    alignas(64) float part[M * IQ_NR];
-                    iq_passes<IQ_MAX_MT_BF16>(M, [&](int64_t m, int64_t mt) {
-                        iq_dot_bf16_rows(mt, wr, KS, K, xk + m * K, K, part + m * IQ_NR);
-                    });
-                    for (int64_t mm = 0; mm < M; ++mm)
-                        for (int64_t r = 0; r < IQ_NR; ++r) acc[(b * IQ_NR + r) * 16 * MT + mm] = part[mm * IQ_NR + r];
-                }
+                for (int64_t mm = 0; mm < M; ++mm)
+                    for (int64_t r = 0; r < rows; ++r) {
+                        const float out = {{ epilogue("acc[r * 16 * MT + mm]", "S[n0 + r]", "B[n0 + r]" if B is not none else none) }};
+                        Y[mm * N + n0 + r] = static_cast<{{kernel.dtype(Y)}}>(out);
+                    }
             }
-            for (int64_t mm = 0; mm < M; ++mm)
-                for (int64_t r = 0; r < rows; ++r) {
-                    const float out = {{ epilogue("acc[r * 16 * MT + mm]", "S[n0 + r]", "B[n0 + r]" if B is not none else none) }};
-                    Y[mm * N + n0 + r] = static_cast<{{kernel.dtype(Y)}}>(out);
-                }
+            _tile_release();
         }
-        if (amx) _tile_release();
-    }
+    } else
 #endif
-#if !defined(IQ_PATH_AMX)
+    {
 {%- endif %}
 {%- if not packed and M == 1 and x_is_bf16 %}
 #if defined(IQ_PATH_BF16)
@@ -319,7 +306,7 @@ extern "C" {{export_declaration}}
 #undef IQ_ROWWISE
 {%- endif %}
 {%- if amx %}
-#endif
+    }
 #undef IQ_PATH_AMX
 {%- endif %}
 {%- if epilogue_nodes %}
